@@ -1,0 +1,175 @@
+"""Chunked (mini-batch gradient descent) neural memory: the fast path of paper eqs. 16-18.
+
+Within a chunk of c tokens every inner gradient is taken at the chunk-start weights W0, so the
+recurrences of momentum and decay are linear in the per-token gradients u_r. Unrolled, with
+P_x[t, s] = prod_{j=s+1..t} x_j (lower triangular, P_x[t, t] = 1)::
+
+    S_t = E_t S0 - sum_{r<=t} theta_r P_eta[t, r] u_r                  E_t = prod_{j<=t} eta_j
+    W_t = A_t W0 + g_t S0 - sum_{r<=t} theta_r K[t, r] u_r             A_t = prod_{j<=t} (1 - alpha_j)
+    K = P_(1-alpha) @ P_eta,  g = P_(1-alpha) @ E
+
+Each layer's u_r is an outer product ``a_r^T delta_r`` (layer input times back-propagated error), so a
+layer's pre-activation at query x_t under the per-token weights W_t is (the "dual form")::
+
+    z_t = A_t (x_t W0) + g_t (x_t S0) - sum_{r<=t} theta_r K[t, r] (x_t . a_r) delta_r
+
+a masked c x c matmul: no per-token weights are materialised. Gate products come from cumprod over
+masked c x c matrices, exact and differentiable for gates equal to 0 or 1 (no log of 0, no ratio).
+Chunks are visited in order and only chunk-boundary state is kept between them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from titans.ops.memory_common import (
+    LAYER_NORM_EPS,
+    MemoryState,
+    activation_fn,
+    activation_grad,
+    check_inputs,
+    compute_dtype,
+)
+
+
+def segment_products(x: Tensor) -> Tensor:
+    """P[..., t, s] = prod_{j=s+1..t} x[..., j] for s <= t, and 0 above the diagonal.
+
+    x: [..., c] -> [..., c, c]
+    """
+    c = x.shape[-1]
+    idx = torch.arange(c, device=x.device)
+    # factors[..., j, s] = x_j if j > s else 1; a cumprod down j gives prod_{s<j<=t} x_j in row t.
+    factors = torch.where(idx[:, None] > idx[None, :], x[..., :, None], x.new_ones(()))
+    prods = torch.cumprod(factors, dim=-2)
+    return torch.where(idx[:, None] >= idx[None, :], prods, x.new_zeros(()))
+
+
+def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
+    """LayerNorm without affine parameters; returns the output and 1/std for the backward."""
+    centered = z - z.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LAYER_NORM_EPS)
+    return centered * rstd, rstd
+
+
+def _layer_norm_backward(y: Tensor, rstd: Tensor, grad_y: Tensor) -> Tensor:
+    mean_g = grad_y.mean(-1, keepdim=True)
+    mean_gy = (grad_y * y).mean(-1, keepdim=True)
+    return rstd * (grad_y - mean_g - y * mean_gy)
+
+
+def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:
+    """[B, T, H, ...] -> [num_chunks, B*H, chunk_size, ...], zero-padded at the end."""
+    b, t, h = x.shape[:3]
+    pad = num_chunks * chunk_size - t
+    x = x.movedim(2, 1)  # [B, H, T, ...]
+    if pad:
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+    x = x.reshape(b * h, num_chunks, chunk_size, *x.shape[3:])
+    return x.transpose(0, 1).contiguous()
+
+
+def memory_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    momentum: Tensor,
+    decay: Tensor,
+    state: MemoryState,
+    chunk_size: int = 16,
+    activation: str = "gelu",
+    residual_norm: bool = False,
+) -> tuple[Tensor, MemoryState]:
+    """Same contract and result as :func:`titans.ops.memory_naive`, one chunk at a time.
+
+    Args:
+        q, k: [B, T, H, D]; v: [B, T, H, D_v].
+        lr (theta >= 0), momentum (eta in [0, 1]), decay (alpha in [0, 1]): [B, T, H].
+        state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
+        chunk_size: tokens per inner mini-batch; chunk boundaries are multiples of it from t = 0.
+        residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
+
+    Returns:
+        o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
+    """
+    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    dtype = compute_dtype(q.dtype)
+    b, t_len, h, _ = q.shape
+    d_v = v.shape[-1]
+    depth = state.depth
+    ws = [w.to(dtype).reshape(b * h, *w.shape[2:]) for w in state.weights]
+    ss = [s.to(dtype).reshape(b * h, *s.shape[2:]) for s in state.momentum]
+    if t_len == 0:
+        return q.new_zeros(b, 0, h, d_v), _unflatten(ws, ss, b, h)
+
+    c = chunk_size
+    n_chunks = -(-t_len // c)
+    qc, kc, vc = (_to_chunks(x.to(dtype), n_chunks, c) for x in (q, k, v))  # [N, BH, c, D]
+    theta, eta, alpha = (_to_chunks(g.to(dtype), n_chunks, c) for g in (lr, momentum, decay))
+
+    # Gate coefficients of every chunk at once ([N, BH, c] and [N, BH, c, c]).
+    p_eta = segment_products(eta)
+    p_keep = segment_products(1 - alpha)
+    e_cum = torch.cumprod(eta, dim=-1)
+    a_cum = torch.cumprod(1 - alpha, dim=-1)
+    g_cum = (p_keep @ e_cum[..., None])[..., 0]
+    k_theta = (p_keep @ p_eta) * theta[..., None, :]
+    # The state leaves each chunk at its last real token: row c-1, or the tail's last row.
+    end = torch.full((n_chunks,), c - 1, device=q.device)
+    end[-1] = (t_len - 1) % c
+    rows = torch.arange(n_chunks, device=q.device)
+    k_theta_end = k_theta[rows, :, end][..., None]  # [N, BH, c, 1]
+    s_theta_end = (p_eta[rows, :, end] * theta)[..., None]
+    a_end, g_end, e_end = (x[rows, :, end][..., None, None] for x in (a_cum, g_cum, e_cum))
+    a_cum, g_cum = a_cum[..., None], g_cum[..., None]
+    # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
+    qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
+
+    act = activation_fn(activation)
+    outputs = []
+    for n in range(n_chunks):
+        # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
+        inputs, pre = [], []
+        x = kc[n]
+        for i, w in enumerate(ws):
+            inputs.append(x)
+            z = x @ w
+            pre.append(z)
+            x = act(z) if i < depth - 1 else z
+        if residual_norm:
+            y, rstd = _layer_norm(z)
+            delta = _layer_norm_backward(y, rstd, kc[n] + y - vc[n])
+        else:
+            delta = z - vc[n]
+        deltas = [delta]
+        for i in range(depth - 1, 0, -1):
+            deltas.insert(0, (deltas[0] @ ws[i].transpose(-1, -2)) * activation_grad(activation, pre[i - 1]))
+
+        # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
+        x = qc[n]
+        for i in range(depth):
+            scores = qk_theta[n] if i == 0 else (x @ inputs[i].transpose(-1, -2)) * k_theta[n]
+            z = a_cum[n] * (x @ ws[i]) + g_cum[n] * (x @ ss[i]) - scores @ deltas[i]
+            x = act(z) if i < depth - 1 else z
+        outputs.append(qc[n] + _layer_norm(z)[0] if residual_norm else z)
+
+        # Carry weights and momentum to the next chunk boundary.
+        new_ws, new_ss = [], []
+        for i in range(depth):
+            a_t = inputs[i].transpose(-1, -2)
+            new_ws.append(a_end[n] * ws[i] + g_end[n] * ss[i] - a_t @ (k_theta_end[n] * deltas[i]))
+            new_ss.append(e_end[n] * ss[i] - a_t @ (s_theta_end[n] * deltas[i]))
+        ws, ss = new_ws, new_ss
+
+    o = torch.stack(outputs)  # [N, BH, c, D_v]
+    o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
+    return o[:, :t_len].to(q.dtype), _unflatten(ws, ss, b, h)
+
+
+def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:
+    return MemoryState(
+        [w.reshape(b, h, *w.shape[1:]) for w in ws], [s.reshape(b, h, *s.shape[1:]) for s in ss]
+    )

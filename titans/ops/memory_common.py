@@ -1,0 +1,150 @@
+"""Pieces shared by the naive and the chunked neural-memory ops: the state, input checks, the MLP.
+
+The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one independent MLP per
+(batch, head). Its weights ``W_i`` and momentum ``S_i`` have shape ``[B, H, d_{i-1}, d_i]``:
+``d_0`` is the key/query dimension and ``d_L`` the value dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = ("gelu", "silu")
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclass
+class MemoryState:
+    """Fast weights and momentum ("surprise") of the memory MLP.
+
+    weights:  [W_1, ..., W_L], W_i: [B, H, d_{i-1}, d_i]
+    momentum: [S_1, ..., S_L], S_i: same shape as W_i
+    """
+
+    weights: list[Tensor]
+    momentum: list[Tensor]
+
+    def __post_init__(self) -> None:
+        if len(self.weights) == 0:
+            raise ValueError("MemoryState needs at least one weight matrix (a linear memory)")
+        if len(self.weights) != len(self.momentum):
+            raise ValueError(
+                f"MemoryState has {len(self.weights)} weights but {len(self.momentum)} momenta"
+            )
+        for i, (w, s) in enumerate(zip(self.weights, self.momentum, strict=True)):
+            if w.dim() != 4:
+                raise ValueError(f"weights[{i}] must be [B, H, d_in, d_out], got {tuple(w.shape)}")
+            if s.shape != w.shape:
+                raise ValueError(
+                    f"momentum[{i}] has shape {tuple(s.shape)}, weights[{i}] {tuple(w.shape)}"
+                )
+            if i > 0 and self.weights[i - 1].shape[-1] != w.shape[-2]:
+                raise ValueError(
+                    f"weights[{i - 1}] ends in dim {self.weights[i - 1].shape[-1]} "
+                    f"but weights[{i}] starts with dim {w.shape[-2]}"
+                )
+
+    @property
+    def depth(self) -> int:
+        return len(self.weights)
+
+    @classmethod
+    def from_initial(cls, weights: list[Tensor], batch_size: int) -> MemoryState:
+        """Broadcast per-head initial weights ``[H, d_in, d_out]`` over the batch, zero momentum."""
+        ws = [w.unsqueeze(0).expand(batch_size, *w.shape) for w in weights]
+        return cls(weights=ws, momentum=[torch.zeros_like(w) for w in ws])
+
+    def detach(self) -> MemoryState:
+        return MemoryState([w.detach() for w in self.weights], [s.detach() for s in self.momentum])
+
+    def to(self, dtype: torch.dtype) -> MemoryState:
+        return MemoryState(
+            [w.to(dtype) for w in self.weights], [s.to(dtype) for s in self.momentum]
+        )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Memory-update math runs in at least float32 (bf16/fp16 inner loops are not stable)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    momentum: Tensor,
+    decay: Tensor,
+    state: MemoryState,
+    chunk_size: int,
+    activation: str,
+    residual_norm: bool,
+) -> None:
+    """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr), ("momentum", momentum),
+                    ("decay", decay)):
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(
+            f"q and k must both be [B, T, H, D]; got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be [B, T, H, D_v] with B, T, H of q; got {tuple(v.shape)}")
+    for name, g in (("lr", lr), ("momentum", momentum), ("decay", decay)):
+        if g.shape != q.shape[:3]:
+            raise ValueError(f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    b, _, h, d_k = q.shape
+    w_first, w_last = state.weights[0], state.weights[-1]
+    if w_first.shape[:2] != (b, h):
+        raise ValueError(
+            f"state weights must be [B={b}, H={h}, ...], got {tuple(w_first.shape)}"
+        )
+    if w_first.shape[-2] != d_k:
+        raise ValueError(f"weights[0] must take the key dim {d_k}, got {w_first.shape[-2]}")
+    if w_last.shape[-1] != v.shape[-1]:
+        raise ValueError(
+            f"weights[-1] must produce the value dim {v.shape[-1]}, got {w_last.shape[-1]}"
+        )
+    if residual_norm and d_k != v.shape[-1]:
+        raise ValueError("residual_norm needs equal key and value dims (M(x) = x + LN(mlp(x)))")
+
+
+def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
+    return {"gelu": F.gelu, "silu": F.silu}[name]
+
+
+def activation_grad(name: str, z: Tensor) -> Tensor:
+    """Derivative of the activation at ``z`` (exact erf GELU or SiLU), elementwise."""
+    if name == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
+        pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+        return cdf + z * pdf
+    s = torch.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+def mlp_forward(x: Tensor, weights: list[Tensor], activation: str, residual_norm: bool) -> Tensor:
+    """M(x; W) for one set of weights per (batch, head).
+
+    x: [B, H, N, d_0], weights[i]: [B, H, d_{i-1}, d_i] -> [B, H, N, d_L]
+    """
+    act = activation_fn(activation)
+    h = x
+    for i, w in enumerate(weights):
+        h = h @ w
+        if i < len(weights) - 1:
+            h = act(h)
+    if residual_norm:
+        h = x + F.layer_norm(h, h.shape[-1:], eps=LAYER_NORM_EPS)
+    return h

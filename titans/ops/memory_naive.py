@@ -1,0 +1,75 @@
+"""Token-by-token reference of the neural long-term memory (the ground truth for tests).
+
+Slow on purpose: per-token fast weights are materialised and the inner gradient comes from
+autograd (``torch.func.grad``), so nothing here depends on hand-derived formulas.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from titans.ops.memory_common import MemoryState, check_inputs, compute_dtype, mlp_forward
+
+
+def memory_naive(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    momentum: Tensor,
+    decay: Tensor,
+    state: MemoryState,
+    chunk_size: int = 16,
+    activation: str = "gelu",
+    residual_norm: bool = False,
+) -> tuple[Tensor, MemoryState]:
+    """Run the memory over a sequence one token at a time.
+
+    For token t, with ``W0`` the weights at the start of t's chunk (chunks of ``chunk_size``
+    tokens counted from the start of the sequence)::
+
+        u_t = grad_W 0.5 * ||M(k_t; W0) - v_t||^2
+        S_t = eta_t * S_{t-1} - theta_t * u_t
+        W_t = (1 - alpha_t) * W_{t-1} + S_t
+        o_t = M(q_t; W_t)
+
+    Args:
+        q, k: [B, T, H, D]; v: [B, T, H, D_v].
+        lr (theta), momentum (eta), decay (alpha): [B, T, H].
+        state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
+        residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
+
+    Returns:
+        o: [B, T, H, D_v] in q's dtype, and the state after the last token.
+    """
+    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    dtype = compute_dtype(q.dtype)
+    weights = [w.to(dtype) for w in state.weights]
+    moms = [s.to(dtype) for s in state.momentum]
+
+    def inner_loss(ws: list[Tensor], k_t: Tensor, v_t: Tensor) -> Tensor:
+        # Summing over (batch, head) keeps each (b, h)'s gradient its own: weights are per (b, h).
+        return 0.5 * (mlp_forward(k_t, ws, activation, residual_norm) - v_t).pow(2).sum()
+
+    inner_grad = torch.func.grad(inner_loss)
+    outputs = []
+    chunk_start = weights
+    for t in range(q.shape[1]):
+        if t % chunk_size == 0:
+            chunk_start = weights
+        k_t = k[:, t, :, None, :].to(dtype)  # [B, H, 1, D]
+        v_t = v[:, t, :, None, :].to(dtype)
+        grads = inner_grad(chunk_start, k_t, v_t)
+        theta = lr[:, t, :, None, None].to(dtype)  # [B, H, 1, 1]
+        eta = momentum[:, t, :, None, None].to(dtype)
+        alpha = decay[:, t, :, None, None].to(dtype)
+        moms = [eta * s - theta * u for s, u in zip(moms, grads, strict=True)]
+        weights = [(1 - alpha) * w + s for w, s in zip(weights, moms, strict=True)]
+        q_t = q[:, t, :, None, :].to(dtype)
+        outputs.append(mlp_forward(q_t, weights, activation, residual_norm)[:, :, 0])
+    if outputs:
+        o = torch.stack(outputs, dim=1)
+    else:
+        o = v.new_zeros(v.shape, dtype=dtype)
+    return o.to(q.dtype), MemoryState(weights, moms)
