@@ -1,4 +1,4 @@
-"""titans-lm: Titans (Behrouz, Zhong, Mirrokni, 2025) — neural long-term memory that learns at test time."""
+"""titans-lm: Titans (Behrouz, Zhong, Mirrokni, 2025), a memory that keeps learning at test time."""
 
 from titans.ops import MemoryState, memory_chunked, memory_naive
 

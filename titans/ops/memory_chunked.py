@@ -4,12 +4,12 @@ Within a chunk of c tokens every inner gradient is taken at the chunk-start weig
 recurrences of momentum and decay are linear in the per-token gradients u_r. Unrolled, with
 P_x[t, s] = prod_{j=s+1..t} x_j (lower triangular, P_x[t, t] = 1)::
 
-    S_t = E_t S0 - sum_{r<=t} theta_r P_eta[t, r] u_r                  E_t = prod_{j<=t} eta_j
-    W_t = A_t W0 + g_t S0 - sum_{r<=t} theta_r K[t, r] u_r             A_t = prod_{j<=t} (1 - alpha_j)
+    S_t = E_t S0 - sum_{r<=t} theta_r P_eta[t, r] u_r         E_t = prod_{j<=t} eta_j
+    W_t = A_t W0 + g_t S0 - sum_{r<=t} theta_r K[t, r] u_r    A_t = prod_{j<=t} (1 - alpha_j)
     K = P_(1-alpha) @ P_eta,  g = P_(1-alpha) @ E
 
-Each layer's u_r is an outer product ``a_r^T delta_r`` (layer input times back-propagated error), so a
-layer's pre-activation at query x_t under the per-token weights W_t is (the "dual form")::
+Each layer's u_r is an outer product ``a_r^T delta_r`` (layer input times back-propagated error),
+so a layer's pre-activation at query x_t under the per-token weights W_t is (the "dual form")::
 
     z_t = A_t (x_t W0) + g_t (x_t S0) - sum_{r<=t} theta_r K[t, r] (x_t . a_r) delta_r
 
@@ -146,7 +146,8 @@ def memory_chunked(
             delta = z - vc[n]
         deltas = [delta]
         for i in range(depth - 1, 0, -1):
-            deltas.insert(0, (deltas[0] @ ws[i].transpose(-1, -2)) * activation_grad(activation, pre[i - 1]))
+            back = deltas[0] @ ws[i].transpose(-1, -2)
+            deltas.insert(0, back * activation_grad(activation, pre[i - 1]))
 
         # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
         x = qc[n]

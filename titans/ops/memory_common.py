@@ -99,7 +99,9 @@ def check_inputs(
         raise ValueError(f"v must be [B, T, H, D_v] with B, T, H of q; got {tuple(v.shape)}")
     for name, g in (("lr", lr), ("momentum", momentum), ("decay", decay)):
         if g.shape != q.shape[:3]:
-            raise ValueError(f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}")
+            raise ValueError(
+                f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
+            )
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if activation not in ACTIVATIONS:

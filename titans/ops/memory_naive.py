@@ -68,8 +68,5 @@ def memory_naive(
         weights = [(1 - alpha) * w + s for w, s in zip(weights, moms, strict=True)]
         q_t = q[:, t, :, None, :].to(dtype)
         outputs.append(mlp_forward(q_t, weights, activation, residual_norm)[:, :, 0])
-    if outputs:
-        o = torch.stack(outputs, dim=1)
-    else:
-        o = v.new_zeros(v.shape, dtype=dtype)
+    o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(v.shape, dtype=dtype)
     return o.to(q.dtype), MemoryState(weights, moms)

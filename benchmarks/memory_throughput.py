@@ -1,0 +1,270 @@
+"""Throughput, FLOP rate and peak memory of the ``NeuralMemory`` layer.
+
+What is measured, for each sequence length T (default 1K, 4K, 16K; B=2, hidden 256, 4 heads x 64,
+memory MLP depth 2 / expansion 4, chunk 16, float32):
+
+* forward tokens/s under ``torch.no_grad()``, and forward+backward tokens/s with
+  ``loss = y.float().pow(2).mean()`` back-propagated to every parameter. One warm-up run, then
+  ``--repeats`` timed runs; best and median wall-clock times are reported, tokens/s = B*T / best.
+* achieved GFLOP/s = FLOPs / best time, where FLOPs come from ``torch.utils.flop_counter.
+  FlopCounterMode`` (it counts matmul/conv/attention FLOPs only, not elementwise ops), shown next to
+  this machine's fp32 matmul peak (best of repeated 2048x2048 @ 2048x2048 products).
+* peak memory of one forward+backward (and of one forward): each (implementation, T, mode) runs
+  in a fresh subprocess. On CPU it is ``getrusage(RUSAGE_SELF).ru_maxrss`` (the process's
+  resident high-water mark) at the end minus its value after model and input construction; on
+  CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the runs.
+
+``--compare`` also benchmarks ``titans_pytorch.NeuralMemory`` (PyPI ``titans-pytorch``) in the
+same config. Results are printed and written to ``--out`` (JSON).
+
+    python benchmarks/memory_throughput.py [--compare] [--seq-lens 1024 4096 16384]
+    python benchmarks/memory_throughput.py --peak   # only the fp32 matmul peak
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+HIDDEN, HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK = 256, 4, 64, 2, 4, 16
+IMPLS = ("titans-lm", "titans-pytorch")
+MODES = ("fwd", "fwd+bwd")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory_throughput.json"
+
+
+def build_model(impl: str) -> nn.Module:
+    """The layer of ``impl`` in the benchmark config; its forward returns ``(y, state)``."""
+    if impl == "titans-lm":
+        from titans import NeuralMemory
+
+        return NeuralMemory(hidden_size=HIDDEN, num_heads=HEADS, head_dim=HEAD_DIM,
+                            memory_depth=DEPTH, memory_expansion=EXPANSION, chunk_size=CHUNK)
+    from titans_pytorch import MemoryMLP
+    from titans_pytorch import NeuralMemory as TPNeuralMemory
+
+    model = TPNeuralMemory(dim=HIDDEN, heads=HEADS, dim_head=HEAD_DIM, chunk_size=CHUNK,
+                           model=MemoryMLP(dim=HEAD_DIM, depth=DEPTH, expansion_factor=EXPANSION))
+    # Its per-head memory weights are stride-0 views (einops.repeat of one head's weights):
+    # give every parameter its own contiguous storage so backward and optimizers work on it.
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not param.is_contiguous():
+                setattr(module, name, nn.Parameter(param.detach().contiguous()))
+    return model
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One forward (no grad) or one forward+backward to all parameters."""
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        y = model(x)[0]
+        y.float().pow(2).mean().backward()
+
+    return forward if mode == "fwd" else forward_backward
+
+
+def memory_mark(device: torch.device) -> int:
+    """Bytes: CUDA memory allocated now, or this process's resident high-water mark on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
+                                                                  else 1024)
+
+
+def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
+               device_name: str) -> dict:
+    """Time, count FLOPs and measure peak memory of one (impl, T, mode) in this process."""
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model = build_model(impl).to(device)
+    x = torch.randn(batch, seq_len, HIDDEN, device=device)
+    step = make_step(model, x, mode)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    base = memory_mark(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step()  # warm-up
+    sync()
+    params = list(model.parameters())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else memory_mark(device)) - base
+    with FlopCounterMode(display=False) as counter:  # after the peak is read: it allocates too
+        step()
+    best, flops = min(times), counter.get_total_flops()
+    return {
+        "impl": impl, "seq_len": seq_len, "mode": mode, "batch": batch, "times_s": times,
+        "best_s": best, "median_s": statistics.median(times),
+        "tokens_per_s": batch * seq_len / best, "flops": flops, "gflops_per_s": flops / best / 1e9,
+        "peak_mem_mib": peak / 2**20, "num_params": len(params),
+        "params_with_grad": sum(p.grad is not None for p in params) if mode == "fwd+bwd" else None,
+    }
+
+
+def spawn_worker(args: argparse.Namespace, impl: str, seq_len: int, mode: str) -> dict:
+    """Run one measurement in a fresh Python process; returns its JSON result."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(seq_len), mode,
+           "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+           "--device", args.device]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"worker failed ({impl}, T={seq_len}, {mode}): exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak(device_name: str, size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of a size x size @ size x size matmul."""
+    device = torch.device(device_name)
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    best = float("inf")
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first product is a warm-up
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def machine_info(device_name: str) -> dict:
+    """CPU/GPU model, core count and versions."""
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in
+                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": device_name}
+    if device_name.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device_name))
+    return info
+
+
+def print_report(report: dict) -> None:
+    """Table, scaling ratios and, with --compare, titans-lm / titans-pytorch ratios."""
+    rows = {(r["impl"], r["seq_len"], r["mode"]): r for r in report["results"]}
+    impls = sorted({r["impl"] for r in report["results"]}, key=IMPLS.index)
+    seq_lens = sorted({r["seq_len"] for r in report["results"]})
+    print(f"\nfp32 matmul peak: {report['peak_matmul_gflops']:.1f} GFLOP/s; FLOPs = "
+          "matmul/conv FLOPs (FlopCounterMode); tok/s and GFLOP/s from the best time")
+    print(f"peak memory: {report['memory_method']}\n")
+    head = (f"{'impl':<15}{'T':>6}{'mode':>9}{'best ms':>11}{'median ms':>11}{'tok/s':>10}"
+            f"{'GFLOP':>9}{'GFLOP/s':>9}{'% peak':>8}{'peak MiB':>10}")
+    print(head + "\n" + "-" * len(head))
+    for impl in impls:
+        for t in seq_lens:
+            for mode in MODES:
+                r = rows[(impl, t, mode)]
+                print(f"{impl:<15}{t:>6}{mode:>9}{r['best_s'] * 1e3:>11.1f}"
+                      f"{r['median_s'] * 1e3:>11.1f}{r['tokens_per_s']:>10.0f}"
+                      f"{r['flops'] / 1e9:>9.2f}{r['gflops_per_s']:>9.2f}"
+                      f"{100 * r['gflops_per_s'] / report['peak_matmul_gflops']:>7.1f}%"
+                      f"{r['peak_mem_mib']:>10.1f}")
+        grads = rows[(impl, seq_lens[0], "fwd+bwd")]
+        print(f"  {impl}: {grads['params_with_grad']}/{grads['num_params']} parameter tensors "
+              "received a gradient")
+    lo, hi = seq_lens[0], seq_lens[-1]
+    if hi > lo:
+        print(f"\nscaling time(T={hi}) / time(T={lo}) (linear = {hi / lo:.0f}x"
+              f"{'; target <= 18 for fwd+bwd' if (lo, hi) == (1024, 16384) else ''}):")
+        for impl in impls:
+            for mode in MODES:
+                ratio = rows[(impl, hi, mode)]["best_s"] / rows[(impl, lo, mode)]["best_s"]
+                print(f"  {impl:<15}{mode:<8} {ratio:6.2f}x")
+    if len(impls) == 2:
+        print("\nthroughput titans-lm / titans-pytorch:")
+        for t in seq_lens:
+            ours, theirs = ([rows[(impl, t, m)]["tokens_per_s"] for m in MODES] for impl in IMPLS)
+            print(f"  T={t:<6}" + "  ".join(
+                f"{m} {a / b:.2f}x" for m, a, b in zip(MODES, ours, theirs, strict=True)))
+
+
+def write_json(report: dict, out: Path) -> None:
+    """Write ``report`` to ``out`` atomically (temp file in the same folder + os.replace)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as f:
+        json.dump(report, f, indent=2)
+    os.replace(f.name, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--compare", action="store_true",
+                        help="also benchmark titans-pytorch's NeuralMemory")
+    parser.add_argument("--peak", action="store_true", help="only measure the fp32 matmul peak")
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "T", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        impl, seq_len, mode = args.worker
+        print(json.dumps(run_worker(impl, int(seq_len), mode, args.batch_size, args.repeats,
+                                    args.device)))
+        return
+    peak = matmul_peak(args.device)
+    print(f"fp32 matmul peak ({args.device}, 2048^3, best of 10): {peak:.1f} GFLOP/s")
+    if args.peak:
+        return
+    if args.compare and importlib.util.find_spec("titans_pytorch") is None:
+        sys.exit("--compare needs titans-pytorch: run `pip install -e .[bench]`")
+
+    impls = IMPLS if args.compare else IMPLS[:1]
+    results = []
+    for seq_len in args.seq_lens:
+        for impl in impls:
+            for mode in MODES:
+                r = spawn_worker(args, impl, seq_len, mode)
+                print(f"{impl:<15} T={seq_len:<6} {mode:<8} best {r['best_s'] * 1e3:9.1f} ms  "
+                      f"{r['tokens_per_s']:9.0f} tok/s  peak {r['peak_mem_mib']:8.1f} MiB",
+                      flush=True)
+                results.append(r)
+    memory_method = ("torch.cuda.max_memory_allocated() minus allocated before the runs"
+                     if args.device.startswith("cuda") else
+                     "ru_maxrss at the end minus ru_maxrss after model+input construction, "
+                     "fresh subprocess per (impl, T, mode)")
+    report = {"machine": machine_info(args.device), "argv": sys.argv[1:],
+              "config": {"batch": args.batch_size, "hidden_size": HIDDEN, "num_heads": HEADS,
+                         "head_dim": HEAD_DIM, "memory_depth": DEPTH,
+                         "memory_expansion": EXPANSION, "chunk_size": CHUNK,
+                         "repeats": args.repeats, "dtype": "float32"},
+              "peak_matmul_gflops": peak, "memory_method": memory_method, "results": results}
+    print_report(report)
+    write_json(report, args.out)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

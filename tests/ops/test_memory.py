@@ -1,0 +1,210 @@
+"""memory_chunked is judged against memory_naive (and memory_naive against plain autograd)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from titans.ops import MemoryState, memory_chunked, memory_naive
+from titans.ops.memory_chunked import segment_products
+
+B, H, D = 2, 3, 8
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative RMS error of a against the reference b."""
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+def make_inputs(t_len, depth, dtype=torch.float64, seed=0, d=D, expansion=2):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=dtype)
+
+    q = F.normalize(randn(B, t_len, H, d), dim=-1)
+    k = F.normalize(randn(B, t_len, H, d), dim=-1)
+    v = randn(B, t_len, H, d)
+    lr = 0.1 * rand(B, t_len, H)
+    mom = rand(B, t_len, H)
+    decay = 0.05 * rand(B, t_len, H)
+    dims = [d] + [d * expansion] * (depth - 1) + [d]
+    weights = [randn(B, H, dims[i], dims[i + 1]) / dims[i] ** 0.5 for i in range(depth)]
+    moms = [0.1 * randn(*w.shape) for w in weights]
+    return [q, k, v, lr, mom, decay], weights, moms
+
+
+def run(fn, tensors, weights, moms, **kw):
+    o, st = fn(*tensors, MemoryState(weights, moms), **kw)
+    return o, st
+
+
+def outputs_and_grads(fn, tensors, weights, moms, seed=1, **kw):
+    """Outputs, final state and gradients of a random linear probe w.r.t. every input."""
+    leaves = [x.clone().requires_grad_() for x in (*tensors, *weights, *moms)]
+    n_t, depth = len(tensors), len(weights)
+    ins, ws, ss = leaves[:n_t], leaves[n_t:n_t + depth], leaves[n_t + depth:]
+    o, st = run(fn, ins, ws, ss, **kw)
+    outs = [o, *st.weights, *st.momentum]
+    g = torch.Generator().manual_seed(seed)
+    probe = sum((x * torch.randn(x.shape, generator=g, dtype=x.dtype)).sum() for x in outs)
+    grads = torch.autograd.grad(probe, leaves)
+    return [x.detach() for x in outs], list(grads)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("residual_norm", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
+def test_chunked_matches_naive_outputs_state_and_grads(depth, residual_norm, chunk_size):
+    t_len = 71  # not a multiple of 5, 16 or 64
+    tensors, weights, moms = make_inputs(t_len, depth)
+    kw = dict(chunk_size=chunk_size, residual_norm=residual_norm)
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
+    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, **kw)
+    # float64. The recurrence of a deep residual-norm memory amplifies rounding along the sequence
+    # (seen: 1e-15 at t=0 growing to ~1e-10 at t=70), hence 1e-7.
+    for a, b in zip(outs, ref_outs, strict=True):
+        assert rel_err(a, b) < 1e-7
+    names = ["q", "k", "v", "lr", "momentum", "decay"] + [f"W{i}" for i in range(depth)] + [
+        f"S{i}" for i in range(depth)
+    ]
+    for name, a, b in zip(names, grads, ref_grads, strict=True):
+        assert rel_err(a, b) < 1e-7, name
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_chunk_size_one_is_online_gradient_descent(activation):
+    """memory_naive/chunked with chunk_size=1 equal a plain autograd loop of eqs. 12-15."""
+    depth, t_len = 2, 23
+    (q, k, v, lr, mom, decay), weights, moms = make_inputs(t_len, depth)
+    act = {"gelu": F.gelu, "silu": F.silu}[activation]
+
+    def memory(x, ws):  # x: [B, H, d], ws[i]: [B, H, d_in, d_out]
+        x = act(torch.einsum("bhi,bhio->bho", x, ws[0]))
+        return torch.einsum("bhi,bhio->bho", x, ws[1])
+
+    ws, ss, outs = [w.clone() for w in weights], [s.clone() for s in moms], []
+    for t in range(t_len):
+        leaf = [w.detach().requires_grad_() for w in ws]
+        loss = 0.5 * (memory(k[:, t], leaf) - v[:, t]).pow(2).sum()
+        grads = torch.autograd.grad(loss, leaf)
+        theta, eta, alpha = (x[:, t, :, None, None] for x in (lr, mom, decay))
+        ss = [eta * s - theta * u for s, u in zip(ss, grads, strict=True)]
+        ws = [(1 - alpha) * w + s for w, s in zip(ws, ss, strict=True)]
+        outs.append(memory(q[:, t], ws))
+    ref = torch.stack(outs, dim=1)
+    for fn in (memory_naive, memory_chunked):
+        o, st = run(fn, [q, k, v, lr, mom, decay], weights, moms, chunk_size=1,
+                    activation=activation)
+        assert rel_err(o, ref) < 1e-12
+        for a, b in zip(st.weights + st.momentum, ws + ss, strict=True):
+            assert rel_err(a, b) < 1e-12
+
+
+def test_gradient_is_taken_at_chunk_start():
+    """Chunk size changes the result (the linearisation point moves only at chunk boundaries)."""
+    tensors, weights, moms = make_inputs(32, 2)
+    o16, _ = run(memory_chunked, tensors, weights, moms, chunk_size=16)
+    o1, _ = run(memory_chunked, tensors, weights, moms, chunk_size=1)
+    assert rel_err(o16, o1) > 1e-4
+
+
+def test_gates_at_extremes_are_finite_and_exact():
+    depth, t_len = 2, 45
+    tensors, weights, moms = make_inputs(t_len, depth)
+    g = torch.Generator().manual_seed(3)
+    pick = torch.randint(0, 3, (3, B, t_len, H), generator=g)
+    # each gate exactly 0, exactly 1, or its random value
+    for j, idx in zip(range(3), (3, 4, 5), strict=True):
+        x = tensors[idx]
+        tensors[idx] = torch.where(pick[j] == 0, 0.0, torch.where(pick[j] == 1, 1.0, x))
+    tensors[3] = tensors[3] * 0.3  # lr in [0, 0.3]
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, chunk_size=8)
+    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, chunk_size=8)
+    for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert torch.isfinite(a).all()
+        assert rel_err(a, b) < 1e-9
+
+
+def test_full_forget_resets_memory():
+    """alpha = 1 with eta = 0 wipes the weights: W_t = S_t = -theta_t u_t."""
+    tensors, weights, moms = make_inputs(10, 1)
+    tensors[4] = torch.zeros_like(tensors[4])
+    tensors[5] = torch.ones_like(tensors[5])
+    _, st = run(memory_chunked, tensors, weights, moms, chunk_size=4)
+    k, v, lr = tensors[1][:, -1], tensors[2][:, -1], tensors[3][:, -1]
+    w0 = st.weights[0]  # last chunk starts at t=8, so u_9 is taken at W_7... recompute directly
+    _, st8 = run(memory_chunked, [x[:, :8] for x in tensors], weights, moms, chunk_size=4)
+    u = torch.einsum("bhi,bho->bhio", k, torch.einsum("bhi,bhio->bho", k, st8.weights[0]) - v)
+    assert rel_err(w0, -lr[..., None, None] * u) < 1e-12
+
+
+def test_float32_close_to_float64_reference():
+    tensors, weights, moms = make_inputs(100, 2, seed=5)
+    ref, ref_st = run(memory_naive, tensors, weights, moms, chunk_size=16)
+    o, st = run(memory_chunked, [x.float() for x in tensors], [w.float() for w in weights],
+                [s.float() for s in moms], chunk_size=16)
+    assert o.dtype == torch.float32
+    assert rel_err(o.double(), ref) < 1e-4
+    assert rel_err(st.weights[1].double(), ref_st.weights[1]) < 1e-4
+
+
+def test_low_precision_inputs_use_float32_memory_math():
+    tensors, weights, moms = make_inputs(40, 2, seed=6)
+    ref, _ = run(memory_chunked, [x.float() for x in tensors], [w.float() for w in weights],
+                 [s.float() for s in moms])
+    o, st = run(memory_chunked, [x.bfloat16() for x in tensors], [w.float() for w in weights],
+                [s.float() for s in moms])
+    assert o.dtype == torch.bfloat16
+    assert st.weights[0].dtype == torch.float32
+    assert rel_err(o.float(), ref) < 3e-2
+
+
+def test_empty_sequence_returns_state_unchanged():
+    tensors, weights, moms = make_inputs(0, 2)
+    o, st = run(memory_chunked, tensors, weights, moms)
+    assert o.shape == (B, 0, H, D)
+    assert all(torch.equal(a, b) for a, b in zip(st.weights, weights, strict=True))
+
+
+def test_segment_products_match_explicit_products():
+    x = torch.rand(2, 6, dtype=torch.float64)
+    x[0, 2] = 0.0
+    p = segment_products(x)
+    for t in range(6):
+        for s in range(6):
+            expect = torch.prod(x[:, s + 1:t + 1], dim=-1) if s <= t else torch.zeros(2)
+            assert torch.allclose(p[:, t, s], expect.double())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.update(k=a["k"][..., :-1]), "q and k"),
+        (lambda a: a.update(lr=a["lr"][..., None]), "lr must be"),
+        (lambda a: a.update(chunk_size=0), "chunk_size"),
+        (lambda a: a.update(activation="tanh"), "activation"),
+        (lambda a: a.update(v=a["v"][..., :-1]), "value dim"),
+        (lambda a: a.update(q=a["q"].long(), k=a["k"].long()), "floating-point"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(mutate, message):
+    (q, k, v, lr, mom, decay), weights, moms = make_inputs(5, 2)
+    args = dict(q=q, k=k, v=v, lr=lr, momentum=mom, decay=decay,
+                state=MemoryState(weights, moms), chunk_size=4, activation="gelu")
+    mutate(args)
+    for fn in (memory_naive, memory_chunked):
+        with pytest.raises(ValueError, match=message):
+            fn(**args)
+
+
+def test_state_rejects_mismatched_shapes():
+    w = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="momentum"):
+        MemoryState([w], [torch.zeros(1, 2, 4, 4)])
+    with pytest.raises(ValueError, match="starts with dim"):
+        MemoryState([w, torch.zeros(1, 2, 4, 4)], [w, torch.zeros(1, 2, 4, 4)])
