@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 HIDDEN, HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK = 256, 4, 64, 2, 4, 16
 IMPLS = ("titans-lm", "titans-pytorch")
 MODES = ("fwd", "fwd+bwd")
+CLEAR_REFS, PROC_STAT = Path("/proc/self/clear_refs"), Path("/proc/stat")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory_throughput.json"
 
 
@@ -82,12 +83,52 @@ def make_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None
     return forward if mode == "fwd" else forward_backward
 
 
-def memory_mark(device: torch.device) -> int:
-    """Bytes: CUDA memory allocated now, or this process's resident high-water mark on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
+def proc_status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (Linux), in bytes."""
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
+                if ln.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def max_rss_bytes() -> int:
+    """This process's resident-set high-water mark (``ru_maxrss``; KiB on Linux, bytes on macOS)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
                                                                   else 1024)
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start peak-memory tracking; returns the baseline in bytes."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    if CLEAR_REFS.exists():
+        CLEAR_REFS.write_text("5")  # Linux: resets VmHWM to the current VmRSS
+        return proc_status_bytes("VmRSS")
+    return max_rss_bytes()
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes since ``reset_peak_memory`` (CPU: resident set, CUDA: allocated tensors)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return proc_status_bytes("VmHWM") if CLEAR_REFS.exists() else max_rss_bytes()
+
+
+def memory_method(device_name: str) -> str:
+    """How ``peak_mem_mib`` was measured, for the report."""
+    if device_name.startswith("cuda"):
+        return "torch.cuda.max_memory_allocated() minus memory_allocated() before the runs"
+    how = ("VmHWM minus VmRSS, the high-water mark reset via /proc/self/clear_refs"
+           if CLEAR_REFS.exists() else "ru_maxrss at the end minus ru_maxrss")
+    return f"{how} after model+input construction; a fresh subprocess per (impl, T, mode)"
+
+
+def system_busy_s() -> float:
+    """CPU-seconds that all processes (and the hypervisor, as steal) have used since boot."""
+    if not PROC_STAT.exists():
+        return 0.0
+    ticks = [int(v) for v in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
 
 def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
@@ -103,20 +144,19 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    base = memory_mark(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    base = reset_peak_memory(device)
     step()  # warm-up
     sync()
     params = list(model.parameters())
     times = []
+    busy, own, wall = system_busy_s(), time.process_time(), time.perf_counter()
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else memory_mark(device)) - base
+    others = system_busy_s() - busy - (time.process_time() - own)
+    peak = peak_memory(device) - base
     with FlopCounterMode(display=False) as counter:  # after the peak is read: it allocates too
         step()
     best, flops = min(times), counter.get_total_flops()
@@ -125,6 +165,7 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
         "best_s": best, "median_s": statistics.median(times),
         "tokens_per_s": batch * seq_len / best, "flops": flops, "gflops_per_s": flops / best / 1e9,
         "peak_mem_mib": peak / 2**20, "num_params": len(params),
+        "other_processes_cores": max(others, 0.0) / (time.perf_counter() - wall),
         "params_with_grad": sum(p.grad is not None for p in params) if mode == "fwd+bwd" else None,
     }
 
@@ -140,7 +181,7 @@ def spawn_worker(args: argparse.Namespace, impl: str, seq_len: int, mode: str) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def matmul_peak(device_name: str, size: int = 2048, repeats: int = 10) -> float:
+def matmul_peak(device_name: str, size: int = 2048, repeats: int = 20) -> float:
     """Best fp32 GFLOP/s of a size x size @ size x size matmul."""
     device = torch.device(device_name)
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
@@ -163,49 +204,56 @@ def machine_info(device_name: str) -> dict:
                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device_name}
+            "torch": torch.__version__, "python": platform.python_version(), "device": device_name,
+            "thread_env": {k: v for k, v in os.environ.items()
+                           if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}}
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device_name))
     return info
 
 
+def ratios(num: dict[str, dict], den: dict[str, dict], key: str) -> str:
+    """``num[mode][key] / den[mode][key]`` for each mode, as text."""
+    return "  ".join(f"{m} {num[m][key] / den[m][key]:.2f}x" for m in MODES)
+
+
 def print_report(report: dict) -> None:
     """Table, scaling ratios and, with --compare, titans-lm / titans-pytorch ratios."""
-    rows = {(r["impl"], r["seq_len"], r["mode"]): r for r in report["results"]}
-    impls = sorted({r["impl"] for r in report["results"]}, key=IMPLS.index)
-    seq_lens = sorted({r["seq_len"] for r in report["results"]})
-    print(f"\nfp32 matmul peak: {report['peak_matmul_gflops']:.1f} GFLOP/s; FLOPs = "
-          "matmul/conv FLOPs (FlopCounterMode); tok/s and GFLOP/s from the best time")
+    runs: dict[tuple[str, int], dict[str, dict]] = {}
+    for r in report["results"]:
+        runs.setdefault((r["impl"], r["seq_len"]), {})[r["mode"]] = r
+    peak = report["peak_matmul_gflops"]
+    print(f"\nfp32 matmul peak: {peak:.1f} GFLOP/s. GFLOP = matmul/conv FLOPs counted by "
+          "FlopCounterMode (elementwise ops not counted); tok/s and GFLOP/s use the best time.")
     print(f"peak memory: {report['memory_method']}\n")
     head = (f"{'impl':<15}{'T':>6}{'mode':>9}{'best ms':>11}{'median ms':>11}{'tok/s':>10}"
-            f"{'GFLOP':>9}{'GFLOP/s':>9}{'% peak':>8}{'peak MiB':>10}")
+            f"{'GFLOP':>9}{'GFLOP/s':>9}{'% peak':>8}{'peak MiB':>10}{'others':>8}")
     print(head + "\n" + "-" * len(head))
-    for impl in impls:
-        for t in seq_lens:
-            for mode in MODES:
-                r = rows[(impl, t, mode)]
-                print(f"{impl:<15}{t:>6}{mode:>9}{r['best_s'] * 1e3:>11.1f}"
-                      f"{r['median_s'] * 1e3:>11.1f}{r['tokens_per_s']:>10.0f}"
-                      f"{r['flops'] / 1e9:>9.2f}{r['gflops_per_s']:>9.2f}"
-                      f"{100 * r['gflops_per_s'] / report['peak_matmul_gflops']:>7.1f}%"
-                      f"{r['peak_mem_mib']:>10.1f}")
-        grads = rows[(impl, seq_lens[0], "fwd+bwd")]
-        print(f"  {impl}: {grads['params_with_grad']}/{grads['num_params']} parameter tensors "
+    for r in report["results"]:
+        print(f"{r['impl']:<15}{r['seq_len']:>6}{r['mode']:>9}{r['best_s'] * 1e3:>11.1f}"
+              f"{r['median_s'] * 1e3:>11.1f}{r['tokens_per_s']:>10.0f}{r['flops'] / 1e9:>9.2f}"
+              f"{r['gflops_per_s']:>9.2f}{100 * r['gflops_per_s'] / peak:>7.1f}%"
+              f"{r['peak_mem_mib']:>10.1f}{r['other_processes_cores']:>8.2f}")
+    print("others = cores used on average by other processes while timing (from /proc/stat)")
+    if max(r["other_processes_cores"] for r in report["results"]) > 0.1:
+        print("WARNING: other processes were busy during some timings; those numbers are low")
+    print()
+    for impl in IMPLS:
+        lens = sorted(t for i, t in runs if i == impl)
+        if not lens:
+            continue
+        grads = runs[(impl, lens[0])]["fwd+bwd"]
+        print(f"{impl}: {grads['params_with_grad']}/{grads['num_params']} parameter tensors "
               "received a gradient")
-    lo, hi = seq_lens[0], seq_lens[-1]
-    if hi > lo:
-        print(f"\nscaling time(T={hi}) / time(T={lo}) (linear = {hi / lo:.0f}x"
-              f"{'; target <= 18 for fwd+bwd' if (lo, hi) == (1024, 16384) else ''}):")
-        for impl in impls:
-            for mode in MODES:
-                ratio = rows[(impl, hi, mode)]["best_s"] / rows[(impl, lo, mode)]["best_s"]
-                print(f"  {impl:<15}{mode:<8} {ratio:6.2f}x")
-    if len(impls) == 2:
-        print("\nthroughput titans-lm / titans-pytorch:")
-        for t in seq_lens:
-            ours, theirs = ([rows[(impl, t, m)]["tokens_per_s"] for m in MODES] for impl in IMPLS)
-            print(f"  T={t:<6}" + "  ".join(
-                f"{m} {a / b:.2f}x" for m, a, b in zip(MODES, ours, theirs, strict=True)))
+        if len(lens) > 1:
+            lo, hi = lens[0], lens[-1]
+            target = "; target for fwd+bwd <= 18" if (lo, hi) == (1024, 16384) else ""
+            print(f"{impl}: time(T={hi}) / time(T={lo}): "
+                  f"{ratios(runs[(impl, hi)], runs[(impl, lo)], 'best_s')} "
+                  f"(linear: {hi / lo:.0f}x{target})")
+    for t in sorted(t for i, t in runs if i == IMPLS[1]):
+        print(f"throughput titans-lm / titans-pytorch at T={t}: "
+              f"{ratios(runs[(IMPLS[0], t)], runs[(IMPLS[1], t)], 'tokens_per_s')}")
 
 
 def write_json(report: dict, out: Path) -> None:
@@ -223,8 +271,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--compare", action="store_true",
-                        help="also benchmark titans-pytorch's NeuralMemory")
+    parser.add_argument("--compare", type=int, nargs="*", metavar="T",
+                        help="also benchmark titans-pytorch's NeuralMemory (at these T; "
+                        "default: all --seq-lens)")
     parser.add_argument("--peak", action="store_true", help="only measure the fp32 matmul peak")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "T", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -235,32 +284,29 @@ def main() -> None:
                                     args.device)))
         return
     peak = matmul_peak(args.device)
-    print(f"fp32 matmul peak ({args.device}, 2048^3, best of 10): {peak:.1f} GFLOP/s")
+    print(f"fp32 matmul peak ({args.device}, 2048^3, best of 20): {peak:.1f} GFLOP/s")
     if args.peak:
         return
-    if args.compare and importlib.util.find_spec("titans_pytorch") is None:
+    if args.compare is not None and importlib.util.find_spec("titans_pytorch") is None:
         sys.exit("--compare needs titans-pytorch: run `pip install -e .[bench]`")
+    compare_lens = args.seq_lens if args.compare == [] else args.compare or []
 
-    impls = IMPLS if args.compare else IMPLS[:1]
     results = []
     for seq_len in args.seq_lens:
-        for impl in impls:
+        for impl in IMPLS if seq_len in compare_lens else IMPLS[:1]:
             for mode in MODES:
                 r = spawn_worker(args, impl, seq_len, mode)
                 print(f"{impl:<15} T={seq_len:<6} {mode:<8} best {r['best_s'] * 1e3:9.1f} ms  "
                       f"{r['tokens_per_s']:9.0f} tok/s  peak {r['peak_mem_mib']:8.1f} MiB",
                       flush=True)
                 results.append(r)
-    memory_method = ("torch.cuda.max_memory_allocated() minus allocated before the runs"
-                     if args.device.startswith("cuda") else
-                     "ru_maxrss at the end minus ru_maxrss after model+input construction, "
-                     "fresh subprocess per (impl, T, mode)")
     report = {"machine": machine_info(args.device), "argv": sys.argv[1:],
               "config": {"batch": args.batch_size, "hidden_size": HIDDEN, "num_heads": HEADS,
                          "head_dim": HEAD_DIM, "memory_depth": DEPTH,
                          "memory_expansion": EXPANSION, "chunk_size": CHUNK,
                          "repeats": args.repeats, "dtype": "float32"},
-              "peak_matmul_gflops": peak, "memory_method": memory_method, "results": results}
+              "peak_matmul_gflops": peak, "memory_method": memory_method(args.device),
+              "results": results}
     print_report(report)
     write_json(report, args.out)
     print(f"\nwrote {args.out}")

@@ -96,6 +96,25 @@ def memory_chunked(
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    # The inner-loop math stays in >= float32 even inside an autocast region.
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return _memory_chunked(
+            q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm
+        )
+
+
+def _memory_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    momentum: Tensor,
+    decay: Tensor,
+    state: MemoryState,
+    chunk_size: int,
+    activation: str,
+    residual_norm: bool,
+) -> tuple[Tensor, MemoryState]:
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
     d_v = v.shape[-1]
@@ -129,11 +148,18 @@ def memory_chunked(
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
     act = activation_fn(activation)
+    # Unbind once: indexing [n] inside the loop would make autograd scatter every chunk's
+    # gradient into a full-size zero tensor (quadratic in the number of chunks).
+    per_chunk = zip(
+        *(x.unbind(0) for x in (qc, kc, vc, qk_theta, k_theta, a_cum, g_cum, k_theta_end,
+                                s_theta_end, a_end, g_end, e_end)),
+        strict=True,
+    )
     outputs = []
-    for n in range(n_chunks):
+    for q_n, k_n, v_n, qk_n, kth_n, a_n, g_n, kth_end, sth_end, a_e, g_e, e_e in per_chunk:
         # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
         inputs, pre = [], []
-        x = kc[n]
+        x = k_n
         for i, w in enumerate(ws):
             inputs.append(x)
             z = x @ w
@@ -141,28 +167,28 @@ def memory_chunked(
             x = act(z) if i < depth - 1 else z
         if residual_norm:
             y, rstd = _layer_norm(z)
-            delta = _layer_norm_backward(y, rstd, kc[n] + y - vc[n])
+            delta = _layer_norm_backward(y, rstd, k_n + y - v_n)
         else:
-            delta = z - vc[n]
+            delta = z - v_n
         deltas = [delta]
         for i in range(depth - 1, 0, -1):
             back = deltas[0] @ ws[i].transpose(-1, -2)
             deltas.insert(0, back * activation_grad(activation, pre[i - 1]))
 
         # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
-        x = qc[n]
+        x = q_n
         for i in range(depth):
-            scores = qk_theta[n] if i == 0 else (x @ inputs[i].transpose(-1, -2)) * k_theta[n]
-            z = a_cum[n] * (x @ ws[i]) + g_cum[n] * (x @ ss[i]) - scores @ deltas[i]
+            scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
+            z = a_n * (x @ ws[i]) + g_n * (x @ ss[i]) - scores @ deltas[i]
             x = act(z) if i < depth - 1 else z
-        outputs.append(qc[n] + _layer_norm(z)[0] if residual_norm else z)
+        outputs.append(q_n + _layer_norm(z)[0] if residual_norm else z)
 
         # Carry weights and momentum to the next chunk boundary.
         new_ws, new_ss = [], []
         for i in range(depth):
             a_t = inputs[i].transpose(-1, -2)
-            new_ws.append(a_end[n] * ws[i] + g_end[n] * ss[i] - a_t @ (k_theta_end[n] * deltas[i]))
-            new_ss.append(e_end[n] * ss[i] - a_t @ (s_theta_end[n] * deltas[i]))
+            new_ws.append(a_e * ws[i] + g_e * ss[i] - a_t @ (kth_end * deltas[i]))
+            new_ss.append(e_e * ss[i] - a_t @ (sth_end * deltas[i]))
         ws, ss = new_ws, new_ss
 
     o = torch.stack(outputs)  # [N, BH, c, D_v]

@@ -1,0 +1,196 @@
+"""NeuralMemory: the three equivalences, causality, test-time learning, optimizers, stability."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import titans.layers.memory as memory_module
+from titans import NeuralMemory, NeuralMemoryState
+from titans.ops import memory_naive
+
+HIDDEN, HEADS, HEAD_DIM = 32, 2, 8
+
+CONFIGS = {
+    "default": {},
+    "linear": {"memory_depth": 1},
+    "deep3-silu-plain": {"memory_depth": 3, "activation": "silu", "residual_norm": False},
+    "no-momentum": {"use_momentum": False},
+    "no-decay": {"use_decay": False},
+    "no-conv": {"conv_kernel": 0},
+}
+
+
+def make_layer(seed: int = 0, **kw) -> NeuralMemory:
+    torch.manual_seed(seed)
+    kw.setdefault("chunk_size", 4)
+    return NeuralMemory(HIDDEN, HEADS, HEAD_DIM, **kw).double()
+
+
+def make_x(t_len: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, t_len, HIDDEN, generator=g, dtype=torch.float64)
+
+
+def run_pieces(layer, x, cuts, state=None):
+    outs = []
+    bounds = [0, *cuts, x.shape[1]]
+    for a, b in itertools.pairwise(bounds):
+        y, state = layer(x[:, a:b], state)
+        outs.append(y)
+    return torch.cat(outs, 1), state
+
+
+def assert_states_equal(a: NeuralMemoryState, b: NeuralMemoryState) -> None:
+    for x, y in zip(a.memory.weights + a.memory.momentum, b.memory.weights + b.memory.momentum,
+                    strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert a.num_pending == b.num_pending
+    for x, y in zip(a.pending, b.pending, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    if a.conv is not None:
+        torch.testing.assert_close(a.conv, b.conv, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_one_pass_equals_random_pieces_equals_token_by_token(name):
+    layer = make_layer(**CONFIGS[name])
+    x = make_x(23)  # chunk 4: pieces end mid-chunk
+    full, full_state = layer(x)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        cuts = sorted(torch.randperm(22, generator=g)[:5].add(1).tolist())
+        pieces, state = run_pieces(layer, x, cuts)
+        torch.testing.assert_close(pieces, full, rtol=1e-10, atol=1e-12)
+        assert_states_equal(state, full_state)
+    stepwise, state = run_pieces(layer, x, list(range(1, 23)))
+    torch.testing.assert_close(stepwise, full, rtol=1e-10, atol=1e-12)
+    assert_states_equal(state, full_state)
+
+
+@pytest.mark.parametrize("name", ["default", "deep3-silu-plain"])
+def test_layer_equals_naive_reference(name, monkeypatch):
+    """The layer's use of the op (pending replay, split calls) matches the token-by-token op."""
+    layer = make_layer(**CONFIGS[name])
+    x = make_x(14)
+    y_fast, _ = run_pieces(layer, x, [3, 9])
+    monkeypatch.setattr(memory_module, "memory_chunked", memory_naive)
+    y_ref, _ = layer(x)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_causality():
+    layer = make_layer()
+    x = make_x(21)
+    y, _ = layer(x)
+    for j in (0, 6, 13, 20):
+        x2 = x.clone()
+        x2[:, j] += torch.randn_like(x2[:, j])
+        y2, _ = layer(x2)
+        torch.testing.assert_close(y2[:, :j], y[:, :j], rtol=0, atol=0)
+        assert (y2[:, j] - y[:, j]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "eval"])
+def test_memory_keeps_learning_at_inference(mode):
+    layer = make_layer()
+    prefix_a, prefix_b, suffix = make_x(16, seed=2), make_x(16, seed=3), make_x(8, seed=4)
+    with torch.enable_grad():
+        reference, _ = layer(torch.cat([prefix_a, suffix], 1))
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(
+        mode, torch.enable_grad
+    )
+    if mode == "eval":
+        layer.eval()
+    with context():
+        _, state_a = layer(prefix_a)
+        _, state_b = layer(prefix_b)
+        y_a, _ = layer(suffix, state_a)
+        y_b, _ = layer(suffix, state_b)
+        assert (y_a - y_b).abs().max() > 1e-4  # what was read changes what is recalled
+        # the memory moved away from its initial weights
+        assert (state_a.memory.weights[0] - layer.memory_init[0]).abs().max() > 1e-4
+    torch.testing.assert_close(y_a, reference[:, 16:], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_optimizer_updates_every_head_independently(optimizer, foreach):
+    layer = make_layer(seed=3, chunk_size=8)
+    for w in layer.memory_init:
+        assert w.is_contiguous() and 0 not in w.stride()
+    before = [w.detach().clone() for w in layer.memory_init]
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    opt = opt_cls(layer.parameters(), lr=1e-2, foreach=foreach)
+    for _ in range(2):
+        y, _ = layer(make_x(24))
+        y.pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    for w, w0 in zip(layer.memory_init, before, strict=True):
+        delta = w.detach() - w0
+        assert (delta[0].abs().amax() > 0) and (delta[1].abs().amax() > 0)
+        assert not torch.allclose(delta[0], delta[1])  # heads are separate parameters
+
+
+@pytest.mark.parametrize("bias", [(0.0, 60.0, -60.0), (60.0, -60.0, 60.0), (60.0, 60.0, 60.0)])
+def test_gates_at_extremes(bias, monkeypatch):
+    """Saturated gates (eta or alpha exactly 0 or 1 in float64) stay finite and exact."""
+    layer = make_layer()
+    with torch.no_grad():
+        layer.gate_proj.weight.zero_()
+        layer.gate_proj.bias.copy_(torch.tensor(bias).repeat_interleave(HEADS))
+    x = make_x(13)
+    y, state = layer(x)
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in state.memory.weights)
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+    monkeypatch.setattr(memory_module, "memory_chunked", memory_naive)
+    y_ref, _ = layer(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_stable_over_100k_tokens_float32():
+    torch.manual_seed(0)
+    layer = NeuralMemory(hidden_size=128, num_heads=2, head_dim=64)
+    state = None
+    with torch.no_grad():
+        for _ in range(25):
+            y, state = layer(torch.randn(1, 4000, 128), state)
+            assert torch.isfinite(y).all()
+    assert all(torch.isfinite(w).all() for w in state.memory.weights + state.memory.momentum)
+
+
+def test_autocast_keeps_memory_state_in_float32():
+    layer = NeuralMemory(HIDDEN, HEADS, HEAD_DIM, chunk_size=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = layer(torch.randn(1, 9, HIDDEN))
+    assert state.memory.weights[0].dtype == torch.float32
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"memory_depth": 0}, "memory_depth"),
+        ({"activation": "tanh"}, "activation"),
+        ({"max_lr": 0.0}, "max_lr"),
+        ({"conv_kernel": -1}, "conv_kernel"),
+    ],
+)
+def test_bad_config_raises(kw, message):
+    with pytest.raises(ValueError, match=message):
+        NeuralMemory(HIDDEN, HEADS, HEAD_DIM, **kw)
+
+
+def test_bad_input_raises():
+    layer = make_layer()
+    with pytest.raises(ValueError, match="x must be"):
+        layer(torch.randn(2, 5, HIDDEN + 1, dtype=torch.float64))
+    _, state = layer(make_x(5, batch=2))
+    with pytest.raises(ValueError, match="batch size"):
+        layer(make_x(5, batch=3), state)

@@ -1,0 +1,225 @@
+"""The neural long-term memory layer of Titans (paper §3 and the block of §4.4).
+
+x -> q, k, v projections -> causal depthwise conv (kernel 4) -> SiLU -> L2-normalised q, k
+  -> memory_chunked (the memory learns from (k, v) with data-dependent theta, eta, alpha, and is
+     read at q) -> per-head RMSNorm -> sigmoid gate from x -> output projection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from titans.ops import MemoryState, memory_chunked
+from titans.ops.memory_common import ACTIVATIONS
+
+
+@dataclass
+class NeuralMemoryState:
+    """Everything a :class:`NeuralMemory` needs to continue a sequence exactly.
+
+    memory:  weights and momentum at the last chunk boundary, each [B, H, d_{i-1}, d_i].
+    pending: (k, v, lr, momentum, decay) of the tokens read since that boundary (fewer than
+             chunk_size): their inner gradients are taken at the boundary weights, so they are
+             replayed with the next piece to keep chunk boundaries where one pass would put them.
+             k, v: [B, n, H, D]; gates: [B, n, H].
+    conv:    the last ``conv_kernel - 1`` projected inputs of the q/k/v convolution,
+             [B, 3 * H * D, conv_kernel - 1] (None without convolution).
+    """
+
+    memory: MemoryState
+    pending: tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+    conv: Tensor | None
+
+    @property
+    def num_pending(self) -> int:
+        return self.pending[0].shape[1]
+
+    def detach(self) -> NeuralMemoryState:
+        """Cut the autograd graph (truncated back-propagation through a long stream)."""
+        return NeuralMemoryState(
+            self.memory.detach(),
+            tuple(p.detach() for p in self.pending),  # type: ignore[arg-type]
+            None if self.conv is None else self.conv.detach(),
+        )
+
+
+def _inverse_sigmoid(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class NeuralMemory(nn.Module):
+    """Titans' neural long-term memory (LMM) as a sequence layer: x [B, T, hidden] -> y.
+
+    Args:
+        hidden_size: model width.
+        num_heads, head_dim: independent memories, each on ``head_dim``-dim keys and values.
+        memory_depth: layers of the memory MLP (1 = the linear-memory ablation).
+        memory_expansion: hidden width of a deep memory, as a multiple of ``head_dim``.
+        chunk_size: tokens per inner mini-batch (gradients at the chunk-start weights).
+        activation: ``"gelu"`` (exact) or ``"silu"`` between memory layers.
+        residual_norm: memory ``M(x) = x + LayerNorm(mlp(x))`` (the NeurIPS version's default).
+        max_lr: upper bound of the data-dependent inner learning rate theta.
+        use_momentum: False is the "w/o momentum" ablation (eta = 0: plain online GD).
+        use_decay: False is the "w/o weight decay" ablation (alpha = 0: nothing is forgotten).
+        conv_kernel: causal depthwise conv width after the q/k/v projections; 0 = "w/o conv".
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        memory_depth: int = 2,
+        memory_expansion: int = 4,
+        chunk_size: int = 16,
+        activation: str = "gelu",
+        residual_norm: bool = True,
+        max_lr: float = 0.1,
+        use_momentum: bool = True,
+        use_decay: bool = True,
+        conv_kernel: int = 4,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("hidden_size", hidden_size, 1), ("num_heads", num_heads, 1), ("head_dim", head_dim, 1),
+            ("memory_depth", memory_depth, 1), ("memory_expansion", memory_expansion, 1),
+            ("chunk_size", chunk_size, 1), ("conv_kernel", conv_kernel, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not max_lr > 0:
+            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
+        self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay
+        self.conv_kernel = conv_kernel
+        inner = num_heads * head_dim
+
+        self.qkv_proj = nn.Linear(hidden_size, 3 * inner, bias=False)
+        # Depthwise over the 3 * inner channels = one depthwise conv each for q, k and v; the
+        # projection before it is the pointwise half of the depthwise-separable convolution.
+        self.conv = (
+            nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner, bias=False)
+            if conv_kernel
+            else None
+        )
+        # Per-token, per-head gate logits: theta (lr), eta (momentum), alpha (decay).
+        self.gate_proj = nn.Linear(hidden_size, 3 * num_heads)
+        dims = [head_dim] + [head_dim * memory_expansion] * (memory_depth - 1) + [head_dim]
+        # One independent parameter per head (never an expanded view, which optimizers reject).
+        self.memory_init = nn.ParameterList(
+            nn.Parameter(torch.empty(num_heads, dims[i], dims[i + 1])) for i in range(memory_depth)
+        )
+        self.out_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.out_gate = nn.Linear(hidden_size, inner, bias=False)
+        self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for w in self.memory_init:
+            nn.init.normal_(w, std=w.shape[-2] ** -0.5)
+        nn.init.normal_(self.gate_proj.weight, std=0.02)
+        with torch.no_grad():
+            # Start at theta = max_lr / 2, eta = 0.9, alpha = 0.01.
+            bias = self.gate_proj.bias.view(3, self.num_heads)
+            bias[0].fill_(0.0)
+            bias[1].fill_(_inverse_sigmoid(0.9))
+            bias[2].fill_(_inverse_sigmoid(0.01))
+
+    @property
+    def memory_depth(self) -> int:
+        return len(self.memory_init)
+
+    def init_state(self, batch_size: int) -> NeuralMemoryState:
+        """The state before the first token: learned initial weights, zero momentum."""
+        memory = MemoryState.from_initial(list(self.memory_init), batch_size)
+        w = self.memory_init[0]
+        h, d = self.num_heads, self.head_dim
+        pending = (
+            w.new_zeros(batch_size, 0, h, d),
+            w.new_zeros(batch_size, 0, h, d),
+            *(w.new_zeros(batch_size, 0, h, dtype=torch.float32) for _ in range(3)),
+        )
+        conv = (
+            None if self.conv is None else w.new_zeros(batch_size, 3 * h * d, self.conv_kernel - 1)
+        )
+        return NeuralMemoryState(memory, pending, conv)  # type: ignore[arg-type]
+
+    def _qkv(
+        self, x: Tensor, conv_cache: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Projections, causal conv (cache carried over), SiLU, L2 norm: q, k, v [B, T, H, D]."""
+        b, t_len, _ = x.shape
+        qkv = self.qkv_proj(x)  # [B, T, 3 * H * D]
+        new_cache = None
+        if self.conv is not None:
+            assert conv_cache is not None
+            padded = torch.cat([conv_cache.to(qkv.dtype), qkv.transpose(1, 2)], dim=-1)
+            new_cache = padded[..., padded.shape[-1] - (self.conv_kernel - 1):]
+            qkv = self.conv(padded).transpose(1, 2)
+        q, k, v = F.silu(qkv).view(b, t_len, 3, self.num_heads, self.head_dim).unbind(2)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_cache
+
+    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """theta in [0, max_lr], eta and alpha in [0, 1]; each [B, T, H]."""
+        logits = self.gate_proj(x).float().view(*x.shape[:2], 3, self.num_heads)
+        lr = self.max_lr * torch.sigmoid(logits[..., 0, :])
+        eta = torch.sigmoid(logits[..., 1, :])
+        alpha = torch.sigmoid(logits[..., 2, :])
+        if not self.use_momentum:
+            eta = torch.zeros_like(eta)
+        if not self.use_decay:
+            alpha = torch.zeros_like(alpha)
+        return lr, eta, alpha
+
+    def forward(
+        self, x: Tensor, state: NeuralMemoryState | None = None
+    ) -> tuple[Tensor, NeuralMemoryState]:
+        """x: [B, T, hidden_size] -> y: [B, T, hidden_size], and the state after x.
+
+        Feeding a sequence in any split with the returned state gives the same outputs as one
+        pass. The memory learns on every call, under ``torch.no_grad()`` and in eval mode too.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        b, t_len, _ = x.shape
+        if state is None:
+            state = self.init_state(b)
+        elif state.memory.weights[0].shape[0] != b:
+            raise ValueError(
+                f"state is for batch size {state.memory.weights[0].shape[0]}, x has {b}"
+            )
+        q, k, v, conv_cache = self._qkv(x, state.conv)
+        lr, eta, alpha = self._gates(x)
+
+        # Replay the pending tokens of the open chunk (their outputs were given already).
+        n_pend = state.num_pending
+        pk, pv, plr, peta, palpha = state.pending
+        k, v = torch.cat([pk.to(k.dtype), k], 1), torch.cat([pv.to(v.dtype), v], 1)
+        lr, eta, alpha = (torch.cat(pair, 1) for pair in ((plr, lr), (peta, eta), (palpha, alpha)))
+        q = torch.cat([q.new_zeros(b, n_pend, *q.shape[2:]), q], 1)
+        # Whole chunks move the boundary state; the tail is read from it and kept as pending.
+        split = (k.shape[1] // self.chunk_size) * self.chunk_size
+        kw = dict(chunk_size=self.chunk_size, activation=self.activation,
+                  residual_norm=self.residual_norm)
+        head, memory = memory_chunked(
+            q[:, :split], k[:, :split], v[:, :split], lr[:, :split], eta[:, :split],
+            alpha[:, :split], state.memory, **kw,
+        )
+        tail, _ = memory_chunked(
+            q[:, split:], k[:, split:], v[:, split:], lr[:, split:], eta[:, split:],
+            alpha[:, split:], memory, **kw,
+        )
+        o = torch.cat([head, tail], 1)[:, n_pend:]  # [B, T, H, D]
+        pending = tuple(t[:, split:] for t in (k, v, lr, eta, alpha))
+
+        o = self.out_norm(o.to(x.dtype)) * torch.sigmoid(self.out_gate(x)).view_as(o)
+        y = self.o_proj(o.reshape(b, t_len, -1))
+        return y, NeuralMemoryState(memory, pending, conv_cache)  # type: ignore[arg-type]
