@@ -34,6 +34,15 @@ def make_x(t_len: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, t_len, HIDDEN, generator=g, dtype=torch.float64)
 
 
+def use_naive_op(monkeypatch) -> None:
+    """Make the layer call the token-by-token reference instead of the chunked op."""
+
+    def naive(*args, checkpoint_chunks=None, **kwargs):
+        return memory_naive(*args, **kwargs)
+
+    monkeypatch.setattr(memory_module, "memory_chunked", naive)
+
+
 def run_pieces(layer, x, cuts, state=None):
     outs = []
     bounds = [0, *cuts, x.shape[1]]
@@ -76,9 +85,21 @@ def test_layer_equals_naive_reference(name, monkeypatch):
     layer = make_layer(**CONFIGS[name])
     x = make_x(14)
     y_fast, _ = run_pieces(layer, x, [3, 9])
-    monkeypatch.setattr(memory_module, "memory_chunked", memory_naive)
+    use_naive_op(monkeypatch)
     y_ref, _ = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpointing_changes_no_gradient():
+    x = make_x(30)
+    grads = []
+    for checkpoint_chunks in (None, 2):
+        layer = make_layer(checkpoint_chunks=checkpoint_chunks)
+        y, _ = layer(x)
+        y.pow(2).sum().backward()
+        grads.append([p.grad for p in layer.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_causality():
@@ -148,7 +169,7 @@ def test_gates_at_extremes(bias, monkeypatch):
     assert all(torch.isfinite(w).all() for w in state.memory.weights)
     y.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
-    monkeypatch.setattr(memory_module, "memory_chunked", memory_naive)
+    use_naive_op(monkeypatch)
     y_ref, _ = layer(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-12)
 
@@ -180,6 +201,7 @@ def test_autocast_keeps_memory_state_in_float32():
         ({"activation": "tanh"}, "activation"),
         ({"max_lr": 0.0}, "max_lr"),
         ({"conv_kernel": -1}, "conv_kernel"),
+        ({"checkpoint_chunks": 0}, "checkpoint_chunks"),
     ],
 )
 def test_bad_config_raises(kw, message):

@@ -76,6 +76,17 @@ def test_chunked_matches_naive_outputs_state_and_grads(depth, residual_norm, chu
         assert rel_err(a, b) < 1e-7, name
 
 
+@pytest.mark.parametrize("checkpoint_chunks", [1, 3])
+def test_checkpointed_chunks_match_naive(checkpoint_chunks):
+    """Recomputing groups of chunks in the backward pass changes nothing but memory."""
+    tensors, weights, moms = make_inputs(45, 2)
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, chunk_size=4)
+    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, chunk_size=4,
+                                    checkpoint_chunks=checkpoint_chunks)
+    for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_err(a, b) < 1e-9
+
+
 @pytest.mark.parametrize("activation", ["gelu", "silu"])
 def test_chunk_size_one_is_online_gradient_descent(activation):
     """memory_naive/chunked with chunk_size=1 equal a plain autograd loop of eqs. 12-15."""

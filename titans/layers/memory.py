@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from titans.ops import MemoryState, memory_chunked
-from titans.ops.memory_common import ACTIVATIONS
+from titans.ops.memory_common import ACTIVATIONS, check_checkpoint_chunks
 
 
 @dataclass
@@ -67,6 +67,8 @@ class NeuralMemory(nn.Module):
         use_momentum: False is the "w/o momentum" ablation (eta = 0: plain online GD).
         use_decay: False is the "w/o weight decay" ablation (alpha = 0: nothing is forgotten).
         conv_kernel: causal depthwise conv width after the q/k/v projections; 0 = "w/o conv".
+        checkpoint_chunks: in training, recompute groups of this many chunks in the backward
+            pass instead of keeping every chunk's memory weights (None keeps them all).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class NeuralMemory(nn.Module):
         use_momentum: bool = True,
         use_decay: bool = True,
         conv_kernel: int = 4,
+        checkpoint_chunks: int | None = 16,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -94,12 +97,13 @@ class NeuralMemory(nn.Module):
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        check_checkpoint_chunks(checkpoint_chunks)
         if not max_lr > 0:
             raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
         self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay
-        self.conv_kernel = conv_kernel
+        self.conv_kernel, self.checkpoint_chunks = conv_kernel, checkpoint_chunks
         inner = num_heads * head_dim
 
         self.qkv_proj = nn.Linear(hidden_size, 3 * inner, bias=False)
@@ -208,15 +212,10 @@ class NeuralMemory(nn.Module):
         # Whole chunks move the boundary state; the tail is read from it and kept as pending.
         split = (k.shape[1] // self.chunk_size) * self.chunk_size
         kw = dict(chunk_size=self.chunk_size, activation=self.activation,
-                  residual_norm=self.residual_norm)
-        head, memory = memory_chunked(
-            q[:, :split], k[:, :split], v[:, :split], lr[:, :split], eta[:, :split],
-            alpha[:, :split], state.memory, **kw,
-        )
-        tail, _ = memory_chunked(
-            q[:, split:], k[:, split:], v[:, split:], lr[:, split:], eta[:, split:],
-            alpha[:, split:], memory, **kw,
-        )
+                  residual_norm=self.residual_norm, checkpoint_chunks=self.checkpoint_chunks)
+        seq = (q, k, v, lr, eta, alpha)
+        head, memory = memory_chunked(*(t[:, :split] for t in seq), state.memory, **kw)
+        tail, _ = memory_chunked(*(t[:, split:] for t in seq), memory, **kw)
         o = torch.cat([head, tail], 1)[:, n_pend:]  # [B, T, H, D]
         pending = tuple(t[:, split:] for t in (k, v, lr, eta, alpha))
 

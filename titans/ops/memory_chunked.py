@@ -29,6 +29,7 @@ from titans.ops.memory_common import (
     MemoryState,
     activation_fn,
     activation_grad,
+    check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
 )
@@ -82,6 +83,7 @@ def memory_chunked(
     chunk_size: int = 16,
     activation: str = "gelu",
     residual_norm: bool = False,
+    checkpoint_chunks: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract and result as :func:`titans.ops.memory_naive`, one chunk at a time.
 
@@ -91,15 +93,21 @@ def memory_chunked(
         state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
         chunk_size: tokens per inner mini-batch; chunk boundaries are multiples of it from t = 0.
         residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
+        checkpoint_chunks: when autograd records, recompute each group of this many chunks in
+            the backward pass and keep only the state at group boundaries: activation memory
+            for the weights falls from T / chunk_size to T / (chunk_size * checkpoint_chunks)
+            copies of the memory, for one extra forward.
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    check_checkpoint_chunks(checkpoint_chunks)
     # The inner-loop math stays in >= float32 even inside an autocast region.
     with torch.autocast(device_type=q.device.type, enabled=False):
         return _memory_chunked(
-            q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm
+            q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
+            checkpoint_chunks,
         )
 
 
@@ -114,11 +122,11 @@ def _memory_chunked(
     chunk_size: int,
     activation: str,
     residual_norm: bool,
+    checkpoint_chunks: int | None,
 ) -> tuple[Tensor, MemoryState]:
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
     d_v = v.shape[-1]
-    depth = state.depth
     ws = [w.to(dtype).reshape(b * h, *w.shape[2:]) for w in state.weights]
     ss = [s.to(dtype).reshape(b * h, *s.shape[2:]) for s in state.momentum]
     if t_len == 0:
@@ -147,16 +155,40 @@ def _memory_chunked(
     # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
-    act = activation_fn(activation)
-    # Unbind once: indexing [n] inside the loop would make autograd scatter every chunk's
-    # gradient into a full-size zero tensor (quadratic in the number of chunks).
-    per_chunk = zip(
-        *(x.unbind(0) for x in (qc, kc, vc, qk_theta, k_theta, a_cum, g_cum, k_theta_end,
-                                s_theta_end, a_end, g_end, e_end)),
-        strict=True,
-    )
+    per_chunk = (qc, kc, vc, qk_theta, k_theta, a_cum, g_cum, k_theta_end, s_theta_end, a_end,
+                 g_end, e_end)
+    spec = (activation, residual_norm)
+    recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
     outputs = []
-    for q_n, k_n, v_n, qk_n, kth_n, a_n, g_n, kth_end, sth_end, a_e, g_e, e_e in per_chunk:
+    # split (not [n] indexing) so autograd gathers the chunks' input gradients in one piece
+    for group in zip(*(x.split(checkpoint_chunks or n_chunks) for x in per_chunk), strict=True):
+        if recompute:
+            o_group, *state_out = _RecomputedChunks.apply(spec, len(ws), *ws, *ss, *group)
+            ws, ss = state_out[: len(ws)], state_out[len(ws):]
+        else:
+            o_group, ws, ss = _run_chunks(ws, ss, group, spec)
+        outputs.append(o_group)
+
+    o = torch.cat(outputs)  # [N, BH, c, D_v]
+    o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
+    return o[:, :t_len].to(q.dtype), _unflatten(ws, ss, b, h)
+
+
+def _run_chunks(
+    ws: list[Tensor], ss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool]
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
+
+    ws, ss: weights and momentum at the first chunk's start, [BH, d_{i-1}, d_i];
+    group: the per-chunk tensors of :func:`_memory_chunked`, each with G chunks in dim 0.
+    """
+    activation, residual_norm = spec
+    act = activation_fn(activation)
+    depth = len(ws)
+    outputs = []
+    for q_n, k_n, v_n, qk_n, kth_n, a_n, g_n, kth_end, sth_end, a_e, g_e, e_e in zip(
+        *(x.unbind(0) for x in group), strict=True
+    ):
         # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
         inputs, pre = [], []
         x = k_n
@@ -179,7 +211,7 @@ def _memory_chunked(
         x = q_n
         for i in range(depth):
             scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
-            z = a_n * (x @ ws[i]) + g_n * (x @ ss[i]) - scores @ deltas[i]
+            z = torch.baddbmm(a_n * (x @ ws[i]) + g_n * (x @ ss[i]), scores, deltas[i], alpha=-1)
             x = act(z) if i < depth - 1 else z
         outputs.append(q_n + _layer_norm(z)[0] if residual_norm else z)
 
@@ -187,13 +219,40 @@ def _memory_chunked(
         new_ws, new_ss = [], []
         for i in range(depth):
             a_t = inputs[i].transpose(-1, -2)
-            new_ws.append(a_e * ws[i] + g_e * ss[i] - a_t @ (kth_end * deltas[i]))
-            new_ss.append(e_e * ss[i] - a_t @ (sth_end * deltas[i]))
+            keep = a_e * ws[i] + g_e * ss[i]
+            new_ws.append(torch.baddbmm(keep, a_t, kth_end * deltas[i], alpha=-1))
+            new_ss.append(torch.baddbmm(e_e * ss[i], a_t, sth_end * deltas[i], alpha=-1))
         ws, ss = new_ws, new_ss
+    return torch.stack(outputs), ws, ss
 
-    o = torch.stack(outputs)  # [N, BH, c, D_v]
-    o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
-    return o[:, :t_len].to(q.dtype), _unflatten(ws, ss, b, h)
+
+class _RecomputedChunks(torch.autograd.Function):
+    """Activation checkpointing of :func:`_run_chunks`: keep the inputs, recompute in backward.
+
+    Written out (not ``torch.utils.checkpoint``) because every tensor the group uses is an
+    explicit input, so the backward can call ``torch.autograd.grad`` on exactly those: it then
+    works under both ``.backward()`` and ``torch.autograd.grad`` while freeing all activations.
+    """
+
+    @staticmethod
+    def forward(ctx, spec: tuple[str, bool], depth: int, *tensors: Tensor):  # type: ignore[override]
+        ctx.spec, ctx.depth = spec, depth
+        ctx.save_for_backward(*tensors)
+        ws, ss, group = tensors[:depth], tensors[depth:2 * depth], tensors[2 * depth:]
+        o, ws, ss = _run_chunks(list(ws), list(ss), group, spec)
+        return (o, *ws, *ss)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: Tensor):  # type: ignore[override]
+        depth = ctx.depth
+        inputs = [t.detach().requires_grad_(need) for t, need in
+                  zip(ctx.saved_tensors, ctx.needs_input_grad[2:], strict=True)]
+        with torch.enable_grad():
+            o, ws, ss = _run_chunks(inputs[:depth], inputs[depth:2 * depth],
+                                    tuple(inputs[2 * depth:]), ctx.spec)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad((o, *ws, *ss), wanted, grad_outputs, allow_unused=True))
+        return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))
 
 
 def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:

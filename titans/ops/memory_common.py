@@ -122,6 +122,13 @@ def check_inputs(
         raise ValueError("residual_norm needs equal key and value dims (M(x) = x + LN(mlp(x)))")
 
 
+def check_checkpoint_chunks(checkpoint_chunks: int | None) -> None:
+    if checkpoint_chunks is not None and (
+        not isinstance(checkpoint_chunks, int) or checkpoint_chunks < 1
+    ):
+        raise ValueError(f"checkpoint_chunks must be None or an int >= 1: {checkpoint_chunks!r}")
+
+
 def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
     return {"gelu": F.gelu, "silu": F.silu}[name]
 
