@@ -8,16 +8,20 @@ memory MLP depth 2 / expansion 4, chunk 16, float32):
   ``--repeats`` timed runs; best and median wall-clock times are reported, tokens/s = B*T / best.
 * achieved GFLOP/s = FLOPs / best time, where FLOPs come from ``torch.utils.flop_counter.
   FlopCounterMode`` (it counts matmul/conv/attention FLOPs only, not elementwise ops), shown next to
-  this machine's fp32 matmul peak (best of repeated 2048x2048 @ 2048x2048 products).
+  this machine's fp32 matmul peak (best of 20 timed 2048x2048 @ 2048x2048 products).
 * peak memory of one forward+backward (and of one forward): each (implementation, T, mode) runs
-  in a fresh subprocess. On CPU it is ``getrusage(RUSAGE_SELF).ru_maxrss`` (the process's
-  resident high-water mark) at the end minus its value after model and input construction; on
-  CUDA it is ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the runs.
+  in a fresh subprocess. On Linux CPU it is the resident-set high-water mark (VmHWM, reset through
+  /proc/self/clear_refs after model and input construction) minus the resident set at that reset;
+  elsewhere on CPU ``ru_maxrss`` at the end minus ``ru_maxrss`` after construction; on CUDA
+  ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the runs.
+* how busy the rest of the machine was while timing (cores used by other processes, from
+  /proc/stat): timings taken next to other work are not worth reporting.
 
 ``--compare`` also benchmarks ``titans_pytorch.NeuralMemory`` (PyPI ``titans-pytorch``) in the
-same config. Results are printed and written to ``--out`` (JSON).
+same config, at every T or at the T given after it. Results are printed and written to ``--out``
+(JSON, default benchmarks/results/memory_throughput.json).
 
-    python benchmarks/memory_throughput.py [--compare] [--seq-lens 1024 4096 16384]
+    python benchmarks/memory_throughput.py [--compare [T ...]] [--seq-lens 1024 4096 16384]
     python benchmarks/memory_throughput.py --peak   # only the fp32 matmul peak
 """
 
@@ -39,13 +43,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 HIDDEN, HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK = 256, 4, 64, 2, 4, 16
 IMPLS = ("titans-lm", "titans-pytorch")
 MODES = ("fwd", "fwd+bwd")
 CLEAR_REFS, PROC_STAT = Path("/proc/self/clear_refs"), Path("/proc/stat")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "memory_throughput.json"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "memory_throughput.json"
 
 
 def build_model(impl: str) -> nn.Module:
@@ -83,17 +88,27 @@ def make_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None
     return forward if mode == "fwd" else forward_backward
 
 
-def proc_status_bytes(field: str) -> int:
-    """A ``kB`` field of /proc/self/status (Linux), in bytes."""
+def conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int],
+                        _bias: object, _stride: object, _padding: object, _dilation: object,
+                        transposed: bool, _output_padding: object, _groups: object,
+                        output_mask: list[bool], **_: object) -> int:
+    """FLOPs of ``aten.convolution_backward``: grad_input and grad_weight cost one forward each.
+
+    Replaces torch's formula, which ignores ``groups`` for grad_weight and so counts a depthwise
+    convolution's weight gradient once per channel (768-fold for titans-lm's q/k/v conv).
+    """
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def cpu_memory_bytes(field: str) -> int:
+    """Linux: ``field`` (VmRSS or VmHWM) of /proc/self/status; elsewhere ``ru_maxrss``. Bytes."""
+    if not CLEAR_REFS.exists():
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
+        return rss * (1 if sys.platform == "darwin" else 1024)
     line = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
                 if ln.startswith(field + ":"))
     return int(line.split()[1]) * 1024
-
-
-def max_rss_bytes() -> int:
-    """This process's resident-set high-water mark (``ru_maxrss``; KiB on Linux, bytes on macOS)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin"
-                                                                  else 1024)
 
 
 def reset_peak_memory(device: torch.device) -> int:
@@ -103,15 +118,14 @@ def reset_peak_memory(device: torch.device) -> int:
         return torch.cuda.memory_allocated(device)
     if CLEAR_REFS.exists():
         CLEAR_REFS.write_text("5")  # Linux: resets VmHWM to the current VmRSS
-        return proc_status_bytes("VmRSS")
-    return max_rss_bytes()
+    return cpu_memory_bytes("VmRSS")
 
 
 def peak_memory(device: torch.device) -> int:
     """Peak bytes since ``reset_peak_memory`` (CPU: resident set, CUDA: allocated tensors)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return proc_status_bytes("VmHWM") if CLEAR_REFS.exists() else max_rss_bytes()
+    return cpu_memory_bytes("VmHWM")
 
 
 def memory_method(device_name: str) -> str:
@@ -155,9 +169,11 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
         step()
         sync()
         times.append(time.perf_counter() - start)
-    others = system_busy_s() - busy - (time.process_time() - own)
+    others = (system_busy_s() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
     peak = peak_memory(device) - base
-    with FlopCounterMode(display=False) as counter:  # after the peak is read: it allocates too
+    # FLOPs are counted after the peak memory was read: counting allocates too.
+    flop_formulas = {torch.ops.aten.convolution_backward: conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas) as counter:
         step()
     best, flops = min(times), counter.get_total_flops()
     return {
@@ -165,7 +181,7 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
         "best_s": best, "median_s": statistics.median(times),
         "tokens_per_s": batch * seq_len / best, "flops": flops, "gflops_per_s": flops / best / 1e9,
         "peak_mem_mib": peak / 2**20, "num_params": len(params),
-        "other_processes_cores": max(others, 0.0) / (time.perf_counter() - wall),
+        "other_processes_cores": max(others, 0.0),
         "params_with_grad": sum(p.grad is not None for p in params) if mode == "fwd+bwd" else None,
     }
 
@@ -197,7 +213,7 @@ def matmul_peak(device_name: str, size: int = 2048, repeats: int = 20) -> float:
 
 
 def machine_info(device_name: str) -> dict:
-    """CPU/GPU model, core count and versions."""
+    """CPU/GPU model, core count, versions and the repository's commit."""
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():
         names = [line.split(":", 1)[1].strip() for line in
@@ -207,6 +223,11 @@ def machine_info(device_name: str) -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "device": device_name,
             "thread_env": {k: v for k, v in os.environ.items()
                            if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}}
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "titans"],
+                           check=False).returncode != 0
+    info["git"] = f"{head}{' (titans/ modified)' if dirty else ''}" if head else None
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device_name))
     return info

@@ -27,8 +27,8 @@ from torch import Tensor
 from titans.ops.memory_common import (
     LAYER_NORM_EPS,
     MemoryState,
+    activation_backward,
     activation_fn,
-    activation_grad,
     check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
@@ -48,17 +48,17 @@ def segment_products(x: Tensor) -> Tensor:
     return torch.where(idx[:, None] >= idx[None, :], prods, x.new_zeros(()))
 
 
-def _layer_norm(z: Tensor) -> tuple[Tensor, Tensor]:
-    """LayerNorm without affine parameters; returns the output and 1/std for the backward."""
-    centered = z - z.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(centered.pow(2).mean(-1, keepdim=True) + LAYER_NORM_EPS)
-    return centered * rstd, rstd
+def _layer_norm_and_backward(z: Tensor, target: Tensor, skip: Tensor) -> Tensor:
+    """Error signal at the MLP output for ``M = skip + LayerNorm(z)`` and loss 0.5||M - target||^2.
 
-
-def _layer_norm_backward(y: Tensor, rstd: Tensor, grad_y: Tensor) -> Tensor:
-    mean_g = grad_y.mean(-1, keepdim=True)
-    mean_gy = (grad_y * y).mean(-1, keepdim=True)
-    return rstd * (grad_y - mean_g - y * mean_gy)
+    ATen's fused layer-norm kernels, which are themselves differentiable (double backward).
+    """
+    d = [z.shape[-1]]
+    y, mean, rstd = torch.ops.aten.native_layer_norm(z, d, None, None, LAYER_NORM_EPS)
+    err = skip + y - target
+    return torch.ops.aten.native_layer_norm_backward(
+        err, z, d, mean, rstd, None, None, [True, False, False]
+    )[0]
 
 
 def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:
@@ -150,24 +150,26 @@ def _memory_chunked(
     rows = torch.arange(n_chunks, device=q.device)
     k_theta_end = k_theta[rows, :, end][..., None]  # [N, BH, c, 1]
     s_theta_end = (p_eta[rows, :, end] * theta)[..., None]
-    a_end, g_end, e_end = (x[rows, :, end][..., None, None] for x in (a_cum, g_cum, e_cum))
-    a_cum, g_cum = a_cum[..., None], g_cum[..., None]
+    a_end, g_end, e_end = (x[rows, :, end] for x in (a_cum, g_cum, e_cum))  # [N, BH]
+    # [W'; S'] = [[A, g], [0, E]] @ [W; S] at each chunk end, and (A_t, g_t) per row.
+    mix = torch.stack([a_end, g_end, torch.zeros_like(e_end), e_end], -1).unflatten(-1, (2, 2))
+    row_coef = torch.stack([a_cum, g_cum], -1)  # [N, BH, c, 2]
     # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
-    per_chunk = (qc, kc, vc, qk_theta, k_theta, a_cum, g_cum, k_theta_end, s_theta_end, a_end,
-                 g_end, e_end)
+    per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, k_theta_end, s_theta_end, mix)
     spec = (activation, residual_norm)
     recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
+    wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
     outputs = []
     # split (not [n] indexing) so autograd gathers the chunks' input gradients in one piece
     for group in zip(*(x.split(checkpoint_chunks or n_chunks) for x in per_chunk), strict=True):
         if recompute:
-            o_group, *state_out = _RecomputedChunks.apply(spec, len(ws), *ws, *ss, *group)
-            ws, ss = state_out[: len(ws)], state_out[len(ws):]
+            o_group, *wss = _RecomputedChunks.apply(spec, *wss, *group)
         else:
-            o_group, ws, ss = _run_chunks(ws, ss, group, spec)
+            o_group, wss = _run_chunks(wss, group, spec)
         outputs.append(o_group)
+    ws, ss = zip(*(m.chunk(2, dim=-2) for m in wss), strict=True)
 
     o = torch.cat(outputs)  # [N, BH, c, D_v]
     o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
@@ -175,20 +177,23 @@ def _memory_chunked(
 
 
 def _run_chunks(
-    ws: list[Tensor], ss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool]
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    wss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool]
+) -> tuple[Tensor, list[Tensor]]:
     """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
 
-    ws, ss: weights and momentum at the first chunk's start, [BH, d_{i-1}, d_i];
+    wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i]. Stacked,
+    ``W`` is a contiguous view, the read ``a_t x W + g_t x S`` is one matmul and the boundary
+    update ``W' = A W + g S, S' = E S`` is one 2x2 mixing matmul.
     group: the per-chunk tensors of :func:`_memory_chunked`, each with G chunks in dim 0.
     """
     activation, residual_norm = spec
     act = activation_fn(activation)
-    depth = len(ws)
+    depth = len(wss)
     outputs = []
-    for q_n, k_n, v_n, qk_n, kth_n, a_n, g_n, kth_end, sth_end, a_e, g_e, e_e in zip(
+    for q_n, k_n, v_n, qk_n, kth_n, row_n, kth_end, sth_end, mix in zip(
         *(x.unbind(0) for x in group), strict=True
     ):
+        ws = [m[:, : m.shape[1] // 2] for m in wss]
         # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
         inputs, pre = [], []
         x = k_n
@@ -197,33 +202,32 @@ def _run_chunks(
             z = x @ w
             pre.append(z)
             x = act(z) if i < depth - 1 else z
-        if residual_norm:
-            y, rstd = _layer_norm(z)
-            delta = _layer_norm_backward(y, rstd, k_n + y - v_n)
-        else:
-            delta = z - v_n
-        deltas = [delta]
+        deltas = [_layer_norm_and_backward(z, v_n, k_n) if residual_norm else z - v_n]
         for i in range(depth - 1, 0, -1):
             back = deltas[0] @ ws[i].transpose(-1, -2)
-            deltas.insert(0, back * activation_grad(activation, pre[i - 1]))
+            deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
 
         # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
         x = q_n
         for i in range(depth):
             scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
-            z = torch.baddbmm(a_n * (x @ ws[i]) + g_n * (x @ ss[i]), scores, deltas[i], alpha=-1)
+            scaled = torch.cat([row_n[..., :1] * x, row_n[..., 1:] * x], dim=-1)
+            z = torch.baddbmm(scaled @ wss[i], scores, deltas[i], alpha=-1)
             x = act(z) if i < depth - 1 else z
-        outputs.append(q_n + _layer_norm(z)[0] if residual_norm else z)
+        outputs.append(q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS)
+                       if residual_norm else z)
 
         # Carry weights and momentum to the next chunk boundary.
-        new_ws, new_ss = [], []
-        for i in range(depth):
-            a_t = inputs[i].transpose(-1, -2)
-            keep = a_e * ws[i] + g_e * ss[i]
-            new_ws.append(torch.baddbmm(keep, a_t, kth_end * deltas[i], alpha=-1))
-            new_ss.append(torch.baddbmm(e_e * ss[i], a_t, sth_end * deltas[i], alpha=-1))
-        ws, ss = new_ws, new_ss
-    return torch.stack(outputs), ws, ss
+        new = []
+        for m, a, delta in zip(wss, inputs, deltas, strict=True):
+            kept = (mix @ m.view(m.shape[0], 2, -1)).view_as(m)
+            coef_a = torch.cat([kth_end * a, sth_end * a], dim=-1).transpose(-1, -2)
+            new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
+        wss = new
+    return torch.stack(outputs), wss
+
+
+_GROUP_TENSORS = 9  # per-chunk tensors handed to _run_chunks
 
 
 class _RecomputedChunks(torch.autograd.Function):
@@ -235,24 +239,23 @@ class _RecomputedChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, spec: tuple[str, bool], depth: int, *tensors: Tensor):  # type: ignore[override]
-        ctx.spec, ctx.depth = spec, depth
+    def forward(ctx, spec: tuple[str, bool], *tensors: Tensor):  # type: ignore[override]
+        ctx.spec = spec
         ctx.save_for_backward(*tensors)
-        ws, ss, group = tensors[:depth], tensors[depth:2 * depth], tensors[2 * depth:]
-        o, ws, ss = _run_chunks(list(ws), list(ss), group, spec)
-        return (o, *ws, *ss)
+        depth = len(tensors) - _GROUP_TENSORS
+        o, wss = _run_chunks(list(tensors[:depth]), tensors[depth:], spec)
+        return (o, *wss)
 
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor):  # type: ignore[override]
-        depth = ctx.depth
         inputs = [t.detach().requires_grad_(need) for t, need in
-                  zip(ctx.saved_tensors, ctx.needs_input_grad[2:], strict=True)]
+                  zip(ctx.saved_tensors, ctx.needs_input_grad[1:], strict=True)]
+        depth = len(inputs) - _GROUP_TENSORS
         with torch.enable_grad():
-            o, ws, ss = _run_chunks(inputs[:depth], inputs[depth:2 * depth],
-                                    tuple(inputs[2 * depth:]), ctx.spec)
+            o, wss = _run_chunks(inputs[:depth], tuple(inputs[depth:]), ctx.spec)
         wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad((o, *ws, *ss), wanted, grad_outputs, allow_unused=True))
-        return (None, None, *(next(grads) if t.requires_grad else None for t in inputs))
+        grads = iter(torch.autograd.grad((o, *wss), wanted, grad_outputs, allow_unused=True))
+        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
 
 
 def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:

@@ -7,7 +7,6 @@ The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one indepen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,14 +132,11 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
     return {"gelu": F.gelu, "silu": F.silu}[name]
 
 
-def activation_grad(name: str, z: Tensor) -> Tensor:
-    """Derivative of the activation at ``z`` (exact erf GELU or SiLU), elementwise."""
+def activation_backward(name: str, grad: Tensor, z: Tensor) -> Tensor:
+    """``grad * act'(z)`` by ATen's fused kernels (exact GELU or SiLU; differentiable)."""
     if name == "gelu":
-        cdf = 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-        pdf = torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-        return cdf + z * pdf
-    s = torch.sigmoid(z)
-    return s * (1.0 + z * (1.0 - s))
+        return torch.ops.aten.gelu_backward(grad, z)
+    return torch.ops.aten.silu_backward(grad, z)
 
 
 def mlp_forward(x: Tensor, weights: list[Tensor], activation: str, residual_norm: bool) -> Tensor:
