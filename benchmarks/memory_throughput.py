@@ -282,6 +282,7 @@ def write_json(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as f:
         json.dump(report, f, indent=2)
+    os.chmod(f.name, 0o644)  # mkstemp creates the file private to its owner
     os.replace(f.name, out)
 
 

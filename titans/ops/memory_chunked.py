@@ -148,8 +148,8 @@ def _memory_chunked(
     end = torch.full((n_chunks,), c - 1, device=q.device)
     end[-1] = (t_len - 1) % c
     rows = torch.arange(n_chunks, device=q.device)
-    k_theta_end = k_theta[rows, :, end][..., None]  # [N, BH, c, 1]
-    s_theta_end = (p_eta[rows, :, end] * theta)[..., None]
+    # per token r of the chunk: its coefficient in the end weights and in the end momentum
+    end_coef = torch.stack([k_theta[rows, :, end], p_eta[rows, :, end] * theta], -1)
     a_end, g_end, e_end = (x[rows, :, end] for x in (a_cum, g_cum, e_cum))  # [N, BH]
     # [W'; S'] = [[A, g], [0, E]] @ [W; S] at each chunk end, and (A_t, g_t) per row.
     mix = torch.stack([a_end, g_end, torch.zeros_like(e_end), e_end], -1).unflatten(-1, (2, 2))
@@ -157,7 +157,7 @@ def _memory_chunked(
     # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
-    per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, k_theta_end, s_theta_end, mix)
+    per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
     spec = (activation, residual_norm)
     recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
     wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
@@ -190,7 +190,7 @@ def _run_chunks(
     act = activation_fn(activation)
     depth = len(wss)
     outputs = []
-    for q_n, k_n, v_n, qk_n, kth_n, row_n, kth_end, sth_end, mix in zip(
+    for q_n, k_n, v_n, qk_n, kth_n, row_n, end_n, mix in zip(
         *(x.unbind(0) for x in group), strict=True
     ):
         ws = [m[:, : m.shape[1] // 2] for m in wss]
@@ -211,8 +211,7 @@ def _run_chunks(
         x = q_n
         for i in range(depth):
             scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
-            scaled = torch.cat([row_n[..., :1] * x, row_n[..., 1:] * x], dim=-1)
-            z = torch.baddbmm(scaled @ wss[i], scores, deltas[i], alpha=-1)
+            z = torch.baddbmm(_scale_rows(row_n, x) @ wss[i], scores, deltas[i], alpha=-1)
             x = act(z) if i < depth - 1 else z
         outputs.append(q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS)
                        if residual_norm else z)
@@ -221,13 +220,18 @@ def _run_chunks(
         new = []
         for m, a, delta in zip(wss, inputs, deltas, strict=True):
             kept = (mix @ m.view(m.shape[0], 2, -1)).view_as(m)
-            coef_a = torch.cat([kth_end * a, sth_end * a], dim=-1).transpose(-1, -2)
+            coef_a = _scale_rows(end_n, a).transpose(-1, -2)
             new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
         wss = new
     return torch.stack(outputs), wss
 
 
-_GROUP_TENSORS = 9  # per-chunk tensors handed to _run_chunks
+def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
+    """[c1_t * x_t, c2_t * x_t] per row t: coef [..., c, 2], x [..., c, d] -> [..., c, 2d]."""
+    return (coef[..., None] * x[..., None, :]).flatten(-2)
+
+
+_GROUP_TENSORS = 8  # per-chunk tensors handed to _run_chunks
 
 
 class _RecomputedChunks(torch.autograd.Function):
