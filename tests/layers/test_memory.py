@@ -37,7 +37,7 @@ def make_x(t_len: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
 def use_naive_op(monkeypatch) -> None:
     """Make the layer call the token-by-token reference instead of the chunked op."""
 
-    def naive(*args, checkpoint_chunks=None, **kwargs):
+    def naive(*args, checkpoint_chunks=None, compile_step=False, **kwargs):
         return memory_naive(*args, **kwargs)
 
     monkeypatch.setattr(memory_module, "memory_chunked", naive)

@@ -87,6 +87,19 @@ def test_checkpointed_chunks_match_naive(checkpoint_chunks):
         assert rel_err(a, b) < 1e-9
 
 
+@pytest.mark.parametrize("residual_norm", [False, True])
+def test_compiled_step_matches_naive(residual_norm):
+    """The torch.compile'd chunk step is judged against the reference like the eager one."""
+    tensors, weights, moms = make_inputs(45, 2)
+    kw = dict(chunk_size=4, residual_norm=residual_norm)
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
+    for checkpoint_chunks in (None, 3):
+        outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, compile_step=True,
+                                        checkpoint_chunks=checkpoint_chunks, **kw)
+        for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+            assert rel_err(a, b) < 1e-9
+
+
 @pytest.mark.parametrize("activation", ["gelu", "silu"])
 def test_chunk_size_one_is_online_gradient_descent(activation):
     """memory_naive/chunked with chunk_size=1 equal a plain autograd loop of eqs. 12-15."""

@@ -69,6 +69,8 @@ class NeuralMemory(nn.Module):
         conv_kernel: causal depthwise conv width after the q/k/v projections; 0 = "w/o conv".
         checkpoint_chunks: in training, recompute groups of this many chunks in the backward
             pass instead of keeping every chunk's memory weights (None keeps them all).
+        compile_step: compile the op's per-chunk step with ``torch.compile`` (faster after a
+            one-off compilation; see ``docs/benchmarks.md``).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class NeuralMemory(nn.Module):
         use_decay: bool = True,
         conv_kernel: int = 4,
         checkpoint_chunks: int | None = 16,
+        compile_step: bool = False,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -104,6 +107,7 @@ class NeuralMemory(nn.Module):
         self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
         self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay
         self.conv_kernel, self.checkpoint_chunks = conv_kernel, checkpoint_chunks
+        self.compile_step = compile_step
         inner = num_heads * head_dim
 
         self.qkv_proj = nn.Linear(hidden_size, 3 * inner, bias=False)
@@ -212,7 +216,8 @@ class NeuralMemory(nn.Module):
         # Whole chunks move the boundary state; the tail is read from it and kept as pending.
         split = (k.shape[1] // self.chunk_size) * self.chunk_size
         kw = dict(chunk_size=self.chunk_size, activation=self.activation,
-                  residual_norm=self.residual_norm, checkpoint_chunks=self.checkpoint_chunks)
+                  residual_norm=self.residual_norm, checkpoint_chunks=self.checkpoint_chunks,
+                  compile_step=self.compile_step)
         seq = (q, k, v, lr, eta, alpha)
         head, memory = memory_chunked(*(t[:, :split] for t in seq), state.memory, **kw)
         tail, _ = memory_chunked(*(t[:, split:] for t in seq), memory, **kw)

@@ -20,6 +20,9 @@ Chunks are visited in order and only chunk-boundary state is kept between them.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,6 +87,7 @@ def memory_chunked(
     activation: str = "gelu",
     residual_norm: bool = False,
     checkpoint_chunks: int | None = None,
+    compile_step: bool = False,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract and result as :func:`titans.ops.memory_naive`, one chunk at a time.
 
@@ -97,6 +101,8 @@ def memory_chunked(
             the backward pass and keep only the state at group boundaries: activation memory
             for the weights falls from T / chunk_size to T / (chunk_size * checkpoint_chunks)
             copies of the memory, for one extra forward.
+        compile_step: run the per-chunk step through ``torch.compile`` (one graph reused by
+            every chunk; fuses the elementwise work). Costs a one-off compilation per shape.
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
@@ -107,7 +113,7 @@ def memory_chunked(
     with torch.autocast(device_type=q.device.type, enabled=False):
         return _memory_chunked(
             q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
-            checkpoint_chunks,
+            checkpoint_chunks, compile_step,
         )
 
 
@@ -123,6 +129,7 @@ def _memory_chunked(
     activation: str,
     residual_norm: bool,
     checkpoint_chunks: int | None,
+    compile_step: bool,
 ) -> tuple[Tensor, MemoryState]:
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
@@ -158,7 +165,7 @@ def _memory_chunked(
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
     per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
-    spec = (activation, residual_norm)
+    spec = (activation, residual_norm, compile_step)
     recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
     wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
     outputs = []
@@ -177,53 +184,69 @@ def _memory_chunked(
 
 
 def _run_chunks(
-    wss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool]
+    wss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool, bool]
 ) -> tuple[Tensor, list[Tensor]]:
     """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
 
-    wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i]. Stacked,
-    ``W`` is a contiguous view, the read ``a_t x W + g_t x S`` is one matmul and the boundary
-    update ``W' = A W + g S, S' = E S`` is one 2x2 mixing matmul.
+    wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
     group: the per-chunk tensors of :func:`_memory_chunked`, each with G chunks in dim 0.
+    spec: (activation, residual_norm, compile_step).
+    """
+    step = _compiled_step() if spec[2] else _chunk_step
+    outputs = []
+    for chunk in zip(*(x.unbind(0) for x in group), strict=True):
+        o, wss = step(wss, chunk, spec[:2])
+        outputs.append(o)
+    return torch.stack(outputs), wss
+
+
+def _chunk_step(
+    wss: list[Tensor], chunk: tuple[Tensor, ...], spec: tuple[str, bool]
+) -> tuple[Tensor, list[Tensor]]:
+    """One chunk: its outputs [BH, c, D_v] and the stacked state ``[W; S]`` at its end.
+
+    Stacked, ``W`` is a contiguous view, the read ``A_t x W + g_t x S`` is one matmul and the
+    boundary update ``W' = A W + g S, S' = E S`` one 2x2 mixing matmul.
     """
     activation, residual_norm = spec
     act = activation_fn(activation)
     depth = len(wss)
-    outputs = []
-    for q_n, k_n, v_n, qk_n, kth_n, row_n, end_n, mix in zip(
-        *(x.unbind(0) for x in group), strict=True
-    ):
-        ws = [m[:, : m.shape[1] // 2] for m in wss]
-        # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
-        inputs, pre = [], []
-        x = k_n
-        for i, w in enumerate(ws):
-            inputs.append(x)
-            z = x @ w
-            pre.append(z)
-            x = act(z) if i < depth - 1 else z
-        deltas = [_layer_norm_and_backward(z, v_n, k_n) if residual_norm else z - v_n]
-        for i in range(depth - 1, 0, -1):
-            back = deltas[0] @ ws[i].transpose(-1, -2)
-            deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
+    q_n, k_n, v_n, qk_n, kth_n, row_n, end_n, mix = chunk
+    ws = [m[:, : m.shape[1] // 2] for m in wss]
+    # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
+    inputs, pre = [], []
+    x = k_n
+    for i, w in enumerate(ws):
+        inputs.append(x)
+        z = x @ w
+        pre.append(z)
+        x = act(z) if i < depth - 1 else z
+    deltas = [_layer_norm_and_backward(z, v_n, k_n) if residual_norm else z - v_n]
+    for i in range(depth - 1, 0, -1):
+        back = deltas[0] @ ws[i].transpose(-1, -2)
+        deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
 
-        # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
-        x = q_n
-        for i in range(depth):
-            scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
-            z = torch.baddbmm(_scale_rows(row_n, x) @ wss[i], scores, deltas[i], alpha=-1)
-            x = act(z) if i < depth - 1 else z
-        outputs.append(q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS)
-                       if residual_norm else z)
+    # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
+    x = q_n
+    for i in range(depth):
+        scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
+        z = torch.baddbmm(_scale_rows(row_n, x) @ wss[i], scores, deltas[i], alpha=-1)
+        x = act(z) if i < depth - 1 else z
+    out = q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS) if residual_norm else z
 
-        # Carry weights and momentum to the next chunk boundary.
-        new = []
-        for m, a, delta in zip(wss, inputs, deltas, strict=True):
-            kept = (mix @ m.view(m.shape[0], 2, -1)).view_as(m)
-            coef_a = _scale_rows(end_n, a).transpose(-1, -2)
-            new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
-        wss = new
-    return torch.stack(outputs), wss
+    # Carry weights and momentum to the next chunk boundary.
+    new = []
+    for m, a, delta in zip(wss, inputs, deltas, strict=True):
+        kept = (mix @ m.view(m.shape[0], 2, -1)).view_as(m)
+        coef_a = _scale_rows(end_n, a).transpose(-1, -2)
+        new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
+    return out, new
+
+
+@functools.cache
+def _compiled_step() -> Callable[..., tuple[Tensor, list[Tensor]]]:
+    # Built once and shared: every chunk of every call reuses the same graphs (per shape/dtype).
+    return torch.compile(_chunk_step, dynamic=False)
 
 
 def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
@@ -243,7 +266,7 @@ class _RecomputedChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, spec: tuple[str, bool], *tensors: Tensor):  # type: ignore[override]
+    def forward(ctx, spec: tuple[str, bool, bool], *tensors: Tensor):  # type: ignore[override]
         ctx.spec = spec
         ctx.save_for_backward(*tensors)
         depth = len(tensors) - _GROUP_TENSORS
