@@ -53,13 +53,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "memory_throughput.json"
 
 
-def build_model(impl: str) -> nn.Module:
+def build_model(impl: str, compile_step: bool = False) -> nn.Module:
     """The layer of ``impl`` in the benchmark config; its forward returns ``(y, state)``."""
     if impl == "titans-lm":
         from titans import NeuralMemory
 
         return NeuralMemory(hidden_size=HIDDEN, num_heads=HEADS, head_dim=HEAD_DIM,
-                            memory_depth=DEPTH, memory_expansion=EXPANSION, chunk_size=CHUNK)
+                            memory_depth=DEPTH, memory_expansion=EXPANSION, chunk_size=CHUNK,
+                            compile_step=compile_step)
     from titans_pytorch import MemoryMLP
     from titans_pytorch import NeuralMemory as TPNeuralMemory
 
@@ -146,11 +147,11 @@ def system_busy_s() -> float:
 
 
 def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
-               device_name: str) -> dict:
+               device_name: str, compile_step: bool) -> dict:
     """Time, count FLOPs and measure peak memory of one (impl, T, mode) in this process."""
     device = torch.device(device_name)
     torch.manual_seed(0)
-    model = build_model(impl).to(device)
+    model = build_model(impl, compile_step).to(device)
     x = torch.randn(batch, seq_len, HIDDEN, device=device)
     step = make_step(model, x, mode)
 
@@ -159,7 +160,7 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
             torch.cuda.synchronize(device)
 
     base = reset_peak_memory(device)
-    step()  # warm-up
+    step()  # warm-up (and, with --compile-step, compilation)
     sync()
     params = list(model.parameters())
     times = []
@@ -173,8 +174,11 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
     peak = peak_memory(device) - base
     # FLOPs are counted after the peak memory was read: counting allocates too.
     flop_formulas = {torch.ops.aten.convolution_backward: conv_backward_flops}
+    # Compiled kernels bypass the counter, so FLOPs are counted on the same layer run eagerly.
+    torch.manual_seed(0)
+    eager_step = make_step(build_model(impl).to(device), x, mode)
     with FlopCounterMode(display=False, custom_mapping=flop_formulas) as counter:
-        step()
+        eager_step()
     best, flops = min(times), counter.get_total_flops()
     return {
         "impl": impl, "seq_len": seq_len, "mode": mode, "batch": batch, "times_s": times,
@@ -190,7 +194,7 @@ def spawn_worker(args: argparse.Namespace, impl: str, seq_len: int, mode: str) -
     """Run one measurement in a fresh Python process; returns its JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(seq_len), mode,
            "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-           "--device", args.device]
+           "--device", args.device] + (["--compile-step"] if args.compile_step else [])
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"worker failed ({impl}, T={seq_len}, {mode}): exit {proc.returncode}")
@@ -297,13 +301,15 @@ def main() -> None:
                         help="also benchmark titans-pytorch's NeuralMemory (at these T; "
                         "default: all --seq-lens)")
     parser.add_argument("--peak", action="store_true", help="only measure the fp32 matmul peak")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="titans-lm with compile_step=True (torch.compile'd chunk step)")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "T", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         impl, seq_len, mode = args.worker
         print(json.dumps(run_worker(impl, int(seq_len), mode, args.batch_size, args.repeats,
-                                    args.device)))
+                                    args.device, args.compile_step)))
         return
     peak = matmul_peak(args.device)
     print(f"fp32 matmul peak ({args.device}, 2048^3, best of 20): {peak:.1f} GFLOP/s")
@@ -326,7 +332,8 @@ def main() -> None:
               "config": {"batch": args.batch_size, "hidden_size": HIDDEN, "num_heads": HEADS,
                          "head_dim": HEAD_DIM, "memory_depth": DEPTH,
                          "memory_expansion": EXPANSION, "chunk_size": CHUNK,
-                         "repeats": args.repeats, "dtype": "float32"},
+                         "repeats": args.repeats, "dtype": "float32",
+                         "compile_step": args.compile_step},
               "peak_matmul_gflops": peak, "memory_method": memory_method(args.device),
               "results": results}
     print_report(report)
