@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,18 @@ def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:
     return x.transpose(0, 1).contiguous()
 
 
+def _without_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn(q, ...)`` with autocast off on q's device: the inner loop stays in >= float32."""
+
+    @functools.wraps(fn)
+    def wrapper(q: Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
+@_without_autocast
 def memory_chunked(
     q: Tensor,
     k: Tensor,
@@ -109,28 +122,6 @@ def memory_chunked(
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
     check_checkpoint_chunks(checkpoint_chunks)
-    # The inner-loop math stays in >= float32 even inside an autocast region.
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        return _memory_chunked(
-            q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
-            checkpoint_chunks, compile_step,
-        )
-
-
-def _memory_chunked(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    lr: Tensor,
-    momentum: Tensor,
-    decay: Tensor,
-    state: MemoryState,
-    chunk_size: int,
-    activation: str,
-    residual_norm: bool,
-    checkpoint_chunks: int | None,
-    compile_step: bool,
-) -> tuple[Tensor, MemoryState]:
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
     d_v = v.shape[-1]
