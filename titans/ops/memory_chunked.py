@@ -180,7 +180,7 @@ def _run_chunks(
     """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
 
     wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
-    group: the per-chunk tensors of :func:`_memory_chunked`, each with G chunks in dim 0.
+    group: the per-chunk tensors of :func:`memory_chunked`, each with G chunks in dim 0.
     spec: (activation, residual_norm, compile_step).
     """
     step = _compiled_step() if spec[2] else _chunk_step
