@@ -161,10 +161,10 @@ def test_full_forget_resets_memory():
     tensors[5] = torch.ones_like(tensors[5])
     _, st = run(memory_chunked, tensors, weights, moms, chunk_size=4)
     k, v, lr = tensors[1][:, -1], tensors[2][:, -1], tensors[3][:, -1]
-    w0 = st.weights[0]  # last chunk starts at t=8, so u_9 is taken at W_7... recompute directly
+    # W_9 = -theta_9 u_9, with u_9 taken at the start of the last chunk (after 8 tokens)
     _, st8 = run(memory_chunked, [x[:, :8] for x in tensors], weights, moms, chunk_size=4)
     u = torch.einsum("bhi,bho->bhio", k, torch.einsum("bhi,bhio->bho", k, st8.weights[0]) - v)
-    assert rel_err(w0, -lr[..., None, None] * u) < 1e-12
+    assert rel_err(st.weights[0], -lr[..., None, None] * u) < 1e-12
 
 
 def test_float32_close_to_float64_reference():
