@@ -216,3 +216,7 @@ def test_bad_input_raises():
     _, state = layer(make_x(5, batch=2))
     with pytest.raises(ValueError, match="batch size"):
         layer(make_x(5, batch=3), state)
+    with pytest.raises(ValueError, match="conv cache"):
+        make_layer(conv_kernel=0)(make_x(5), state)
+    with pytest.raises(ValueError, match="pending"):
+        make_layer(chunk_size=1)(make_x(5), state)

@@ -160,6 +160,22 @@ class NeuralMemory(nn.Module):
         )
         return NeuralMemoryState(memory, pending, conv)  # type: ignore[arg-type]
 
+    def _check_state(self, state: NeuralMemoryState, batch_size: int) -> None:
+        """A state from another batch size or layer config is an error, not a silent mix-up."""
+        if state.memory.weights[0].shape[0] != batch_size:
+            raise ValueError(
+                f"state is for batch size {state.memory.weights[0].shape[0]}, x has {batch_size}"
+            )
+        inner = 3 * self.num_heads * self.head_dim
+        expected = None if self.conv is None else (batch_size, inner, self.conv_kernel - 1)
+        got = None if state.conv is None else tuple(state.conv.shape)
+        if got != expected:
+            raise ValueError(f"state's conv cache is {got}, this layer needs {expected}")
+        if state.num_pending >= self.chunk_size:
+            raise ValueError(
+                f"state holds {state.num_pending} pending tokens, chunk_size is {self.chunk_size}"
+            )
+
     def _qkv(
         self, x: Tensor, conv_cache: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -168,7 +184,6 @@ class NeuralMemory(nn.Module):
         qkv = self.qkv_proj(x)  # [B, T, 3 * H * D]
         new_cache = None
         if self.conv is not None:
-            assert conv_cache is not None
             padded = torch.cat([conv_cache.to(qkv.dtype), qkv.transpose(1, 2)], dim=-1)
             new_cache = padded[..., padded.shape[-1] - (self.conv_kernel - 1):]
             qkv = self.conv(padded).transpose(1, 2)
@@ -200,10 +215,8 @@ class NeuralMemory(nn.Module):
         b, t_len, _ = x.shape
         if state is None:
             state = self.init_state(b)
-        elif state.memory.weights[0].shape[0] != b:
-            raise ValueError(
-                f"state is for batch size {state.memory.weights[0].shape[0]}, x has {b}"
-            )
+        else:
+            self._check_state(state, b)
         q, k, v, conv_cache = self._qkv(x, state.conv)
         lr, eta, alpha = self._gates(x)
 
