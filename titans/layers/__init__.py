@@ -1,5 +1,11 @@
-"""nn.Modules built on the ops: the neural memory layer (attention and blocks follow)."""
+"""nn.Modules built on the ops: the neural memory, attention, the MLP and the Titans blocks."""
 
+from titans.layers.attention import Attention, KVCache
+from titans.layers.blocks import HybridState, MACState, OutputGate, TitansBlock
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
+from titans.layers.mlp import SwiGLU
 
-__all__ = ["NeuralMemory", "NeuralMemoryState"]
+__all__ = [
+    "Attention", "HybridState", "KVCache", "MACState", "NeuralMemory", "NeuralMemoryState",
+    "OutputGate", "SwiGLU", "TitansBlock",
+]

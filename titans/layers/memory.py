@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from titans.ops import MemoryState, memory_chunked
-from titans.ops.memory_common import ACTIVATIONS, check_checkpoint_chunks
+from titans.ops.memory_common import (
+    ACTIVATIONS,
+    check_checkpoint_chunks,
+    compute_dtype,
+    mlp_forward,
+)
 
 
 @dataclass
@@ -176,19 +181,55 @@ class NeuralMemory(nn.Module):
                 f"state holds {state.num_pending} pending tokens, chunk_size is {self.chunk_size}"
             )
 
-    def _qkv(
-        self, x: Tensor, conv_cache: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Projections, causal conv (cache carried over), SiLU, L2 norm: q, k, v [B, T, H, D]."""
+    def _project(
+        self, x: Tensor, conv_cache: Tensor | None, parts: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """The first ``parts`` of (q, k, v): projection, causal conv (cache carried), SiLU.
+
+        x: [B, T, hidden] -> [B, T, parts, H, D], and the new conv cache.
+        """
         b, t_len, _ = x.shape
-        qkv = self.qkv_proj(x)  # [B, T, 3 * H * D]
+        rows = parts * self.num_heads * self.head_dim
+        qkv = F.linear(x, self.qkv_proj.weight[:rows])  # [B, T, parts * H * D]
         new_cache = None
         if self.conv is not None:
             padded = torch.cat([conv_cache.to(qkv.dtype), qkv.transpose(1, 2)], dim=-1)
             new_cache = padded[..., padded.shape[-1] - (self.conv_kernel - 1):]
-            qkv = self.conv(padded).transpose(1, 2)
-        q, k, v = F.silu(qkv).view(b, t_len, 3, self.num_heads, self.head_dim).unbind(2)
+            qkv = F.conv1d(padded, self.conv.weight[:rows], groups=rows).transpose(1, 2)
+        return F.silu(qkv).view(b, t_len, parts, self.num_heads, self.head_dim), new_cache
+
+    def _qkv(
+        self, x: Tensor, conv_cache: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """q, k, v [B, T, H, D] with L2-normalised q and k, and the new conv cache."""
+        qkv, new_cache = self._project(x, conv_cache, 3)
+        q, k, v = qkv.unbind(2)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_cache
+
+    def _output(self, o: Tensor, x: Tensor) -> Tensor:
+        """Per-head RMSNorm, sigmoid gate from x, output projection: [B, T, H, D] -> hidden."""
+        o = self.out_norm(o.to(x.dtype)) * torch.sigmoid(self.out_gate(x)).view_as(o)
+        return self.o_proj(o.reshape(*x.shape[:2], -1))
+
+    def retrieve(
+        self, x: Tensor, memory: MemoryState, query_conv: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Read the memory at queries from x without writing: ``M*(q)`` (MAC's eq. 21).
+
+        x: [B, T, hidden]; memory: fixed weights [B, H, d_in, d_out] per layer; query_conv: the
+        query stream's own conv cache [B, H * D, conv_kernel - 1] (None: start of the stream,
+        or no conv). Returns [B, T, hidden] and the query conv cache after x.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        if query_conv is None and self.conv is not None:
+            query_conv = x.new_zeros(x.shape[0], self.num_heads * self.head_dim,
+                                     self.conv_kernel - 1)
+        q, query_conv = self._project(x, query_conv, 1)
+        q = F.normalize(q[:, :, 0], dim=-1).transpose(1, 2)  # [B, H, T, D]
+        weights = [w.to(compute_dtype(q.dtype)) for w in memory.weights]
+        o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm)
+        return self._output(o.transpose(1, 2), x), query_conv
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """theta in [0, max_lr], eta and alpha in [0, 1]; each [B, T, H]."""
@@ -212,7 +253,7 @@ class NeuralMemory(nn.Module):
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
-        b, t_len, _ = x.shape
+        b = x.shape[0]
         if state is None:
             state = self.init_state(b)
         else:
@@ -237,6 +278,4 @@ class NeuralMemory(nn.Module):
         o = torch.cat([head, tail], 1)[:, n_pend:]  # [B, T, H, D]
         pending = tuple(t[:, split:] for t in (k, v, lr, eta, alpha))
 
-        o = self.out_norm(o.to(x.dtype)) * torch.sigmoid(self.out_gate(x)).view_as(o)
-        y = self.o_proj(o.reshape(b, t_len, -1))
-        return y, NeuralMemoryState(memory, pending, conv_cache)  # type: ignore[arg-type]
+        return self._output(o, x), NeuralMemoryState(memory, pending, conv_cache)  # type: ignore[arg-type]

@@ -1,0 +1,269 @@
+"""The Titans blocks (paper §4) and the baselines, as Llama-style pre-norm residual blocks.
+
+Every block is ``x + mixer(norm(x))`` followed by ``x + SwiGLU(norm(x))``; variants differ only in
+the token mixer:
+
+* ``mac``  memory as context (eqs. 21-25): per segment, retrieve ``h = M*_{t-1}(q)``, attend over
+  ``[persistent || h || segment]``, write the attention output ``y`` into the memory, and gate
+  ``y`` with a read of the memory updated up to each position.
+* ``mag``  memory as gate (26-28): sliding-window attention with a persistent prefix, gated with
+  the memory that reads ``[persistent || x]``.
+* ``mal``  memory as layer (29-31): the memory reads ``[persistent || x]``, sliding-window
+  attention runs on its output.
+* ``lmm``  the memory alone; ``transformer`` full causal attention; ``swa`` sliding window.
+
+Mixers take the stream position of their first token and an explicit state, and return the new
+state: a sequence gives the same outputs in one call or in any split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+import torch
+from torch import Tensor, nn
+
+from titans.layers.attention import Attention, KVCache
+from titans.layers.memory import NeuralMemory, NeuralMemoryState
+from titans.layers.mlp import SwiGLU
+from titans.ops import MemoryState
+
+if TYPE_CHECKING:
+    from titans.models.config import TitansConfig
+
+
+@dataclass
+class MACState:
+    """memory: the running memory, written with every attention output so far.
+    segment_memory: the memory at the start of the current segment (read for h).
+    query_conv: conv cache of the retrieval queries, which run over x rather than y.
+    kv: keys and values of ``[h || x]`` of the current segment (at most 2 * (segment_len - 1)).
+    """
+
+    memory: NeuralMemoryState
+    segment_memory: MemoryState
+    query_conv: Tensor | None
+    kv: KVCache
+
+    def detach(self) -> MACState:
+        return MACState(
+            self.memory.detach(), self.segment_memory.detach(),
+            None if self.query_conv is None else self.query_conv.detach(), self.kv.detach(),
+        )
+
+
+@dataclass
+class HybridState:
+    """State of MAG and MAL: the memory and the sliding-window cache (at most window - 1)."""
+
+    memory: NeuralMemoryState
+    kv: KVCache
+
+    def detach(self) -> HybridState:
+        return HybridState(self.memory.detach(), self.kv.detach())
+
+
+LayerState = Union[MACState, HybridState, NeuralMemoryState, KVCache]  # noqa: UP007
+
+
+def _positions(start: int, length: int, device: torch.device) -> Tensor:
+    return torch.arange(start, start + length, device=device)
+
+
+def _memory(cfg: TitansConfig) -> NeuralMemory:
+    return NeuralMemory(
+        cfg.hidden_size, cfg.memory_num_heads, cfg.memory_head_dim,
+        memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
+        chunk_size=cfg.chunk_size, activation=cfg.memory_activation,
+        residual_norm=cfg.memory_residual_norm, max_lr=cfg.memory_max_lr,
+        use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
+        checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
+    )
+
+
+def _attention(cfg: TitansConfig, window: int | None) -> Attention:
+    return Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim, window=window,
+                     rope_theta=cfg.rope_theta, block_size=cfg.attention_block_size)
+
+
+class OutputGate(nn.Module):
+    """The non-linear gate ``y (x) m`` of MAG (eq. 28) and MAC (eq. 25): both branches are
+    normalised with learnable weights, then ``RMSNorm(y) * sigmoid(RMSNorm(m))``."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.y_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.m_norm = nn.RMSNorm(hidden_size, eps=eps)
+
+    def forward(self, y: Tensor, m: Tensor) -> Tensor:
+        return self.y_norm(y) * torch.sigmoid(self.m_norm(m))
+
+
+class AttentionMixer(nn.Module):
+    """Transformer++ (full causal) or SWA baseline; the state is the KV cache."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self.attn = _attention(cfg, cfg.window_size if cfg.variant == "swa" else None)
+
+    def init_state(self, batch_size: int) -> KVCache:
+        return self.attn.empty_cache(batch_size, self.attn.q_proj.weight)
+
+    def forward(self, x: Tensor, start: int, state: KVCache) -> tuple[Tensor, KVCache]:
+        return self.attn(x, _positions(start, x.shape[1], x.device), state)
+
+
+class MemoryMixer(nn.Module):
+    """LMM: the neural memory as the whole sequence model."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self.memory = _memory(cfg)
+
+    def init_state(self, batch_size: int) -> NeuralMemoryState:
+        return self.memory.init_state(batch_size)
+
+    def forward(
+        self, x: Tensor, start: int, state: NeuralMemoryState
+    ) -> tuple[Tensor, NeuralMemoryState]:
+        return self.memory(x, state)
+
+
+class _PersistentMixin(nn.Module):
+    """Learned persistent tokens [N_p, hidden] (eq. 19); MAG and MAL also prime their memory
+    with them at the start of the stream."""
+
+    persistent: nn.Parameter
+    memory: NeuralMemory
+
+    def _init_persistent(self, cfg: TitansConfig) -> None:
+        # Tokens live in the normalised input space of the mixer, where tokens have unit RMS.
+        self.persistent = nn.Parameter(torch.randn(cfg.num_persistent_tokens, cfg.hidden_size))
+
+    def _primed_memory(self, batch_size: int) -> NeuralMemoryState:
+        """The memory after reading the persistent prefix: ``M([p || ...])`` starts here."""
+        state = self.memory.init_state(batch_size)
+        if self.persistent.shape[0] == 0:
+            return state
+        prefix = self.persistent[None].expand(batch_size, *self.persistent.shape)
+        return self.memory(prefix, state)[1]
+
+
+class MAGMixer(_PersistentMixin):
+    """``o = SW-Attn*([p || x]) (x) M([p || x])`` (eqs. 26-28)."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self._init_persistent(cfg)
+        self.attn = _attention(cfg, cfg.window_size)
+        self.memory = _memory(cfg)
+        self.gate = OutputGate(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def init_state(self, batch_size: int) -> HybridState:
+        return HybridState(
+            self._primed_memory(batch_size),
+            self.attn.empty_cache(batch_size, self.attn.q_proj.weight),
+        )
+
+    def forward(self, x: Tensor, start: int, state: HybridState) -> tuple[Tensor, HybridState]:
+        index = _positions(start, x.shape[1], x.device)
+        y, kv = self.attn(x, index, state.kv, prefix=self.persistent)
+        m, memory = self.memory(x, state.memory)
+        return self.gate(y, m), HybridState(memory, kv)
+
+
+class MALMixer(_PersistentMixin):
+    """``o = SW-Attn(M([p || x]))`` (eqs. 29-31); outputs at the persistent positions are not
+    part of the sequence, so the attention sees the memory's outputs for x only."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self._init_persistent(cfg)
+        self.memory = _memory(cfg)
+        self.attn = _attention(cfg, cfg.window_size)
+
+    def init_state(self, batch_size: int) -> HybridState:
+        return HybridState(
+            self._primed_memory(batch_size),
+            self.attn.empty_cache(batch_size, self.attn.q_proj.weight),
+        )
+
+    def forward(self, x: Tensor, start: int, state: HybridState) -> tuple[Tensor, HybridState]:
+        y, memory = self.memory(x, state.memory)
+        o, kv = self.attn(y, _positions(start, x.shape[1], x.device), state.kv)
+        return o, HybridState(memory, kv)
+
+
+class MACMixer(_PersistentMixin):
+    """Memory as context (eqs. 21-25), one segment of ``segment_len`` tokens at a time.
+
+    For a segment S with memory M_{t-1} left by earlier segments:
+    ``h = M*_{t-1}(S W_Q)``; ``y = Attn([p || h || S])`` with queries from S, p visible to all
+    and h, S causal (token i sees h_j, x_j for j <= i, because h_j is computed from x_j);
+    the memory learns from y token by token (``M_t = M_{t-1}(y)``) and ``o = y (x) M*(y)``
+    where each position reads the memory updated up to itself. RoPE positions restart in every
+    segment: the attention window is the segment.
+    """
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self.segment_len = cfg.segment_len
+        self._init_persistent(cfg)
+        self.attn = _attention(cfg, None)
+        self.memory = _memory(cfg)
+        self.gate = OutputGate(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def init_state(self, batch_size: int) -> MACState:
+        memory = self.memory.init_state(batch_size)
+        return MACState(memory, memory.memory, None,
+                        self.attn.empty_cache(batch_size, self.attn.q_proj.weight))
+
+    def forward(self, x: Tensor, start: int, state: MACState) -> tuple[Tensor, MACState]:
+        outs, i, t_len = [], 0, x.shape[1]
+        while i < t_len:
+            offset = (start + i) % self.segment_len
+            n = min(self.segment_len - offset, t_len - i)
+            xs = x[:, i:i + n]
+            h, query_conv = self.memory.retrieve(xs, state.segment_memory, state.query_conv)
+            index = _positions(offset, n, x.device)
+            y, kv = self.attn(xs, index, state.kv, context=h, prefix=self.persistent)
+            m, memory = self.memory(y, state.memory)
+            outs.append(self.gate(y, m))
+            if offset + n == self.segment_len:
+                # Segment done. The memory has consumed whole chunks (chunk_size divides
+                # segment_len), so its boundary weights are the M_t the next segment reads;
+                # the attention context restarts.
+                state = MACState(memory, memory.memory, query_conv,
+                                 self.attn.empty_cache(x.shape[0], x))
+            else:
+                state = MACState(memory, state.segment_memory, query_conv, kv)
+            i += n
+        out = torch.cat(outs, 1) if outs else x.new_zeros(x.shape)
+        return out, state
+
+
+MIXERS: dict[str, type[nn.Module]] = {
+    "mac": MACMixer, "mag": MAGMixer, "mal": MALMixer, "lmm": MemoryMixer,
+    "transformer": AttentionMixer, "swa": AttentionMixer,
+}
+
+
+class TitansBlock(nn.Module):
+    """``x + mixer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mixer = MIXERS[cfg.variant](cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def init_state(self, batch_size: int) -> LayerState:
+        return self.mixer.init_state(batch_size)
+
+    def forward(self, x: Tensor, start: int, state: LayerState) -> tuple[Tensor, LayerState]:
+        """x: [B, T, hidden], start: stream position of x[:, 0] -> ([B, T, hidden], state)."""
+        h, state = self.mixer(self.mixer_norm(x), start, state)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), state
