@@ -1,7 +1,12 @@
 """titans-lm: Titans (Behrouz, Zhong, Mirrokni, 2025), a memory that keeps learning at test time."""
 
 from titans.layers import NeuralMemory, NeuralMemoryState
+from titans.models import TitansConfig, TitansLM, TitansOutput, TitansState
+from titans.models.streaming import StreamPiece, stream, stream_losses
 from titans.ops import MemoryState, memory_chunked, memory_naive
 
-__all__ = ["MemoryState", "NeuralMemory", "NeuralMemoryState", "memory_chunked", "memory_naive"]
+__all__ = [
+    "MemoryState", "NeuralMemory", "NeuralMemoryState", "StreamPiece", "TitansConfig", "TitansLM",
+    "TitansOutput", "TitansState", "memory_chunked", "memory_naive", "stream", "stream_losses",
+]
 __version__ = "0.1.0"

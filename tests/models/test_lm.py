@@ -1,0 +1,250 @@
+"""TitansLM for every variant: the three equivalences, causality, learning at inference,
+overfitting, bounded state, generation and errors."""
+
+import random
+
+import pytest
+import torch
+
+from titans import TitansConfig, TitansLM
+from titans.models import ABLATIONS, VARIANTS
+
+MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
+
+
+def config(variant, dtype_safe=True, **overrides):
+    """A model small enough for float64 token-by-token tests that still crosses several MAC
+    segments, attention windows and memory chunks on ~50 tokens."""
+    values = dict(variant=variant, vocab_size=61, hidden_size=32, num_hidden_layers=2,
+                  num_heads=2, segment_len=12, window_size=7, chunk_size=4,
+                  memory_expansion=2, attention_block_size=5)
+    if variant in ("mac", "mag", "mal"):
+        values["num_persistent_tokens"] = 3
+    return TitansConfig(**{**values, **overrides})
+
+
+def model_for(cfg, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return TitansLM(cfg).to(dtype)
+
+
+CASES = [(v, {}) for v in VARIANTS] + [
+    ("mac", ABLATIONS["linear_memory"]), ("mac", ABLATIONS["no_conv"]),
+    ("mac", ABLATIONS["no_persistent"]), ("mag", {**ABLATIONS["no_momentum"], "memory_depth": 3}),
+    ("mal", ABLATIONS["no_decay"]), ("mag", {"segment_len": 5, "window_size": 30}),
+]
+IDS = [f"{v}-{'-'.join(o) or 'default'}" for v, o in CASES]
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize(("variant", "overrides"), CASES, ids=IDS)
+def test_one_pass_equals_pieces_and_token_by_token_decode(variant, overrides):
+    """Logits and final state of one pass == random pieces with carried state == prefill +
+    one token at a time; T = 53 is a multiple of no segment, window or chunk."""
+    model = model_for(config(variant, **overrides))
+    ids = torch.randint(0, 61, (2, 53), generator=torch.Generator().manual_seed(1))
+    full = model(ids)
+
+    rng = random.Random(0)
+    for _ in range(2):
+        cuts = sorted(rng.sample(range(1, 53), 4))
+        state, logits = None, []
+        for a, b in zip([0, *cuts], [*cuts, 53], strict=True):
+            out = model(ids[:, a:b], state)
+            state = out.state
+            logits.append(out.logits)
+        assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
+        assert state.position == 53
+
+    out = model(ids[:, :20])
+    logits = [out.logits]
+    for t in range(20, 53):
+        out = model(ids[:, t:t + 1], out.state)
+        logits.append(out.logits)
+    assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
+    # The final states agree too: continuing from either gives the same logits.
+    nxt = torch.randint(0, 61, (2, 9))
+    assert rel_err(model(nxt, out.state).logits, model(nxt, full.state).logits) < 1e-10
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality(variant):
+    """Changing token j changes no logit before j (and does change later ones)."""
+    model = model_for(config(variant))
+    ids = torch.randint(0, 61, (1, 40), generator=torch.Generator().manual_seed(2))
+    base = model(ids).logits
+    for j in (0, 11, 12, 25, 39):
+        changed = ids.clone()
+        changed[0, j] = (changed[0, j] + 1) % 61
+        logits = model(changed).logits
+        torch.testing.assert_close(logits[:, :j], base[:, :j], rtol=0, atol=1e-12)
+        assert (logits[:, j:] - base[:, j:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("context", ["inference_mode", "no_grad"])
+def test_memory_keeps_learning_at_inference(variant, context):
+    """Two prefixes, the same suffix, evaluated in eval mode without autograd: the suffix logits
+    far beyond the attention's reach differ for memory variants (the memory learned the prefix)
+    and for full attention, and are identical for SWA (receptive field = layers * (window - 1))."""
+    cfg = config(variant)
+    model = model_for(cfg).eval()
+    gen = torch.Generator().manual_seed(3)
+    prefix_a, prefix_b = torch.randint(0, 61, (2, 1, 24), generator=gen)
+    suffix = torch.randint(0, 61, (1, 40), generator=gen)
+    grad_context = torch.inference_mode() if context == "inference_mode" else torch.no_grad()
+    with grad_context:
+        logits_a = model(torch.cat([prefix_a, suffix], 1)).logits
+        logits_b = model(torch.cat([prefix_b, suffix], 1)).logits
+    # Positions whose sliding-window receptive field lies entirely in the shared suffix; for MAC
+    # also outside the prefix's segments (segment_len 12: positions >= 24 start a new segment).
+    reach = 24 + cfg.num_hidden_layers * (cfg.window_size - 1)
+    diff = (logits_a[:, reach:] - logits_b[:, reach:]).abs().max().item()
+    if variant == "swa":
+        assert diff == 0.0
+    else:
+        assert diff > 1e-4
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiny_model_overfits_a_batch(variant):
+    """Real learning through every part of the model: the loss on one fixed batch falls far."""
+    cfg = config(variant, vocab_size=32, hidden_size=48, segment_len=16, window_size=16)
+    model = model_for(cfg, torch.float32)
+    ids = torch.randint(0, 32, (4, 48), generator=torch.Generator().manual_seed(4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    first = None
+    for _ in range(80):
+        loss = model(ids, labels=ids).loss
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    final = model(ids, labels=ids).loss.item()
+    assert first > 3.0
+    assert final < 0.3 * first, (first, final)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_memory_does_not_grow_with_tokens(variant):
+    """Bytes held by the state after 60 and after 900 tokens (same phase of every segment,
+    window and chunk) are equal; only full attention's KV cache grows."""
+    model = model_for(config(variant), torch.float32)
+    sizes = []
+    with torch.inference_mode():
+        state = None
+        for n in range(15):
+            state = model(torch.randint(0, 61, (1, 60)), state).state
+            if n in (0, 14):
+                sizes.append(state.num_bytes())
+    if variant == "transformer":
+        assert sizes[1] > 10 * sizes[0]
+    else:
+        assert sizes[0] == sizes[1]
+
+
+def test_state_size_is_bounded_within_segments_and_windows():
+    """MAC's segment cache and MAG's window cache never exceed their stated bounds."""
+    for variant, bound in (("mac", 2 * (12 - 1)), ("mag", 7 - 1)):
+        model = model_for(config(variant), torch.float32)
+        state = None
+        with torch.inference_mode():
+            for _ in range(40):
+                state = model(torch.randint(0, 61, (1, 1)), state).state
+                assert all(s.kv.length <= bound for s in state.layers)
+
+
+def test_labels_give_the_shifted_cross_entropy_and_ignore_index():
+    model = model_for(config("mag"))
+    ids = torch.randint(0, 61, (2, 17))
+    labels = ids.clone()
+    labels[0, 5] = -100
+    out = model(ids, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, 61)
+    target = labels[:, 1:].reshape(-1)
+    keep = target != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    torch.testing.assert_close(out.loss, expected.float(), rtol=1e-6, atol=0)
+    assert keep.sum() == 2 * 16 - 1
+
+
+def test_logits_to_keep_returns_the_last_positions():
+    model = model_for(config("mac"))
+    ids = torch.randint(0, 61, (1, 19))
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, model(ids).logits[:, -3:])
+
+
+@pytest.mark.parametrize("variant", ["mac", "swa"])
+def test_greedy_generate_matches_argmax_of_the_full_forward(variant):
+    """Generated tokens are the argmax of a fresh full forward over everything so far."""
+    model = model_for(config(variant))
+    prompt = torch.randint(0, 61, (2, 9))
+    out = model.generate(prompt, max_new_tokens=15, temperature=0)
+    assert out.shape == (2, 24)
+    assert torch.equal(out[:, :9], prompt)
+    for t in range(9, 24):
+        assert torch.equal(out[:, t], model(out[:, :t]).logits[:, -1].argmax(-1))
+    assert torch.equal(model.generate(prompt, 15, top_k=1), out)
+    assert torch.equal(model.generate(prompt, 15, top_p=1e-9), out)
+
+
+def test_sampling_respects_top_k_and_top_p():
+    from titans.models import sample_next_token
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    assert set(sample_next_token(logits, top_k=2, generator=gen).tolist()) == {0, 1}
+    # top_p = 0.7: tokens 0 (0.5) and 1 (0.3) are needed to reach 0.7, token 2 is not.
+    assert set(sample_next_token(logits, top_p=0.7, generator=gen).tolist()) == {0, 1}
+    counts = torch.bincount(sample_next_token(logits, generator=gen), minlength=4) / 2000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04, rtol=0)
+    sharp = sample_next_token(logits, temperature=0.05, generator=gen)
+    assert (sharp == 0).float().mean() > 0.99
+
+
+def test_generate_stops_at_eos():
+    model = model_for(config("lmm"))
+    prompt = torch.randint(0, 61, (1, 5))
+    greedy = model.generate(prompt, 10, temperature=0)
+    eos = int(greedy[0, 7])
+    first = 5 + greedy[0, 5:].tolist().index(eos)
+    out = model.generate(prompt, 10, temperature=0, eos_token_id=eos)
+    assert torch.equal(out, greedy[:, :first + 1])
+
+
+def test_generate_continues_a_stream_from_a_state():
+    model = model_for(config("mag"))
+    ids = torch.randint(0, 61, (1, 30))
+    state = model(ids[:, :20]).state
+    out = model.generate(ids[:, 20:], 5, temperature=0, state=state)
+    assert torch.equal(out, model.generate(ids, 5, temperature=0)[:, 20:])
+
+
+def test_num_parameters_counts_tied_weights_once():
+    model = model_for(config("transformer"))
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert model.num_parameters() == sum(unique.values())
+    assert model.num_parameters(exclude_embeddings=True) == model.num_parameters() - 61 * 32
+    untied = model_for(config("transformer", tie_word_embeddings=False))
+    assert untied.num_parameters() == model.num_parameters() + 61 * 32
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = model_for(config("mac"))
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.tensor([[0, 61]]))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="labels"):
+        model(torch.zeros(1, 3, dtype=torch.long), labels=torch.zeros(1, 4, dtype=torch.long))
+    state = model(torch.zeros(2, 3, dtype=torch.long)).state
+    with pytest.raises(ValueError, match="batch size"):
+        model(torch.zeros(1, 3, dtype=torch.long), state)
+    other = model_for(config("mac", num_hidden_layers=3))
+    with pytest.raises(ValueError, match="layers"):
+        other(torch.zeros(2, 3, dtype=torch.long), state)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=-1)

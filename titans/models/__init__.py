@@ -1,0 +1,9 @@
+"""Configs and the causal language model of every Titans variant and baseline."""
+
+from titans.models.config import ABLATIONS, PRESETS, VARIANTS, TitansConfig
+from titans.models.lm import TitansLM, TitansOutput, TitansState, sample_next_token
+
+__all__ = [
+    "ABLATIONS", "PRESETS", "VARIANTS", "TitansConfig", "TitansLM", "TitansOutput", "TitansState",
+    "sample_next_token",
+]

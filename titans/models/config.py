@@ -1,0 +1,168 @@
+"""``TitansConfig``: one typed, validated configuration for every variant and baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from titans.ops.memory_common import ACTIVATIONS
+
+VARIANTS = ("mac", "mag", "mal", "lmm", "transformer", "swa")
+MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
+PERSISTENT_VARIANTS = ("mac", "mag", "mal")
+
+# The ablations of the paper's Table 5, as config overrides.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "linear_memory": {"memory_depth": 1, "memory_residual_norm": False},
+    "no_momentum": {"use_momentum": False},
+    "no_decay": {"use_decay": False},
+    "no_conv": {"conv_kernel": 0},
+    "no_persistent": {"num_persistent_tokens": 0},
+}
+
+_PAPER = {"vocab_size": 32000, "segment_len": 512, "window_size": 2048, "chunk_size": 16}
+# name -> (fields, persistent tokens for the variants that have them)
+PRESETS: dict[str, tuple[dict[str, Any], int]] = {
+    # Tests: a few thousand parameters, runs in milliseconds.
+    "tiny": ({"vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2, "num_heads": 2,
+              "segment_len": 32, "window_size": 32, "chunk_size": 8}, 4),
+    # Trains on a 2-core CPU in minutes.
+    "small": ({"vocab_size": 8192, "hidden_size": 256, "num_hidden_layers": 4, "num_heads": 4,
+               "segment_len": 128, "window_size": 256, "chunk_size": 16}, 16),
+    # The paper's sizes (NeurIPS Table 5: blocks / dim / heads).
+    "170M": ({**_PAPER, "hidden_size": 768, "num_hidden_layers": 12, "num_heads": 16}, 128),
+    "340M": ({**_PAPER, "hidden_size": 1024, "num_hidden_layers": 24, "num_heads": 16}, 128),
+    "760M": ({**_PAPER, "hidden_size": 1536, "num_hidden_layers": 24, "num_heads": 16}, 128),
+    "1.3B": ({**_PAPER, "hidden_size": 2048, "num_hidden_layers": 18, "num_heads": 8}, 128),
+}
+
+
+@dataclass
+class TitansConfig:
+    """Configuration of a :class:`~titans.models.TitansLM`. Fields left ``None`` are derived on
+    construction; every value is checked and a bad one raises ``ValueError``.
+
+    Ablations (Table 5) map onto fields: linear memory = ``memory_depth=1,
+    memory_residual_norm=False``; w/o momentum = ``use_momentum=False``; w/o decay =
+    ``use_decay=False``; w/o conv = ``conv_kernel=0``; w/o persistent memory =
+    ``num_persistent_tokens=0`` (see ``ABLATIONS``).
+    """
+
+    variant: str = "mac"  # "mac" | "mag" | "mal" | "lmm" | "transformer" | "swa"
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_heads: int = 16  # attention heads
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    intermediate_size: int | None = None  # SwiGLU width; None: 8/3 * hidden, multiple of 64
+    # Attention.
+    segment_len: int = 512  # MAC: tokens per segment (its attention window)
+    window_size: int = 2048  # swa, mag, mal: sliding-window width (tokens seen incl. itself)
+    num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
+    rope_theta: float = 10000.0
+    attention_block_size: int = 512  # queries per attention block (memory ~ T * (block + window))
+    # Neural memory.
+    chunk_size: int = 16  # tokens per inner mini-batch; divides segment_len for MAC
+    memory_depth: int = 2  # layers of the memory MLP (1 + no residual norm = linear memory)
+    memory_expansion: int = 4  # hidden width of a deep memory, times memory_head_dim
+    memory_num_heads: int | None = None  # None: num_heads
+    memory_head_dim: int | None = None  # None: head_dim
+    memory_activation: str = "gelu"
+    memory_residual_norm: bool = True  # M(x) = x + LayerNorm(mlp(x))
+    memory_max_lr: float = 0.1  # upper bound of the inner learning rate theta
+    use_momentum: bool = True
+    use_decay: bool = True
+    conv_kernel: int = 4  # causal depthwise conv on q, k, v; 0 = none
+    memory_checkpoint_chunks: int | None = 16  # recompute groups of chunks in backward
+    compile_memory: bool = False  # torch.compile the memory's chunk step
+    # Model.
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
+                     "segment_len", "window_size", "attention_block_size", "chunk_size",
+                     "memory_depth", "memory_expansion"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("conv_kernel", self.conv_kernel, 0)
+        for name in ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
+                     "memory_checkpoint_chunks"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        for name in ("memory_residual_norm", "use_momentum", "use_decay", "compile_memory",
+                     "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.memory_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"memory_activation must be one of {ACTIVATIONS}, got {self.memory_activation!r}"
+            )
+
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_heads "
+                    f"{self.num_heads}; set head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // self.num_heads
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.intermediate_size is None:
+            self.intermediate_size = -(-8 * self.hidden_size // 3 // 64) * 64
+        if self.memory_num_heads is None:
+            self.memory_num_heads = self.num_heads
+        if self.memory_head_dim is None:
+            self.memory_head_dim = self.head_dim
+        if self.num_persistent_tokens is None:
+            self.num_persistent_tokens = 16 if self.variant in PERSISTENT_VARIANTS else 0
+        _check_int("num_persistent_tokens", self.num_persistent_tokens, 0)
+        if self.num_persistent_tokens and self.variant not in PERSISTENT_VARIANTS:
+            raise ValueError(
+                f"variant {self.variant!r} has no persistent memory; num_persistent_tokens must "
+                f"be 0 (persistent tokens belong to {PERSISTENT_VARIANTS})"
+            )
+        if self.variant == "mac" and self.segment_len % self.chunk_size:
+            raise ValueError(
+                f"MAC needs chunk_size ({self.chunk_size}) to divide segment_len "
+                f"({self.segment_len}): each segment writes whole memory chunks"
+            )
+
+    @property
+    def has_memory(self) -> bool:
+        return self.variant in MEMORY_VARIANTS
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TitansConfig:
+        """Build from a mapping (e.g. parsed JSON/YAML); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TitansConfig keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, variant: str = "mac", **overrides: Any) -> TitansConfig:
+        """A preset size ("tiny", "small", "170M", "340M", "760M", "1.3B") for any variant."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        fields, persistent = PRESETS[name]
+        values: dict[str, Any] = {**fields, "variant": variant}
+        if variant in PERSISTENT_VARIANTS:
+            values["num_persistent_tokens"] = persistent
+        return cls.from_dict({**values, **overrides})
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")

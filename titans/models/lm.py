@@ -1,0 +1,225 @@
+"""``TitansLM``: embeddings, a stack of Titans (or baseline) blocks, RMSNorm, LM head.
+
+The model is a function of (tokens, state) -> (logits, state): ``state`` carries every layer's
+memory weights and momentum, conv caches, the bounded attention caches and the stream position,
+so a sequence fed in any split gives the logits of one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from titans.layers.blocks import LayerState, TitansBlock
+from titans.models.config import TitansConfig
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """Every tensor inside a (nested) state of dataclasses, lists and tuples."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj):
+        for field in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, field.name))
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+
+
+@dataclass
+class TitansState:
+    """Everything needed to continue a stream: one state per layer and the tokens consumed."""
+
+    layers: list[LayerState]
+    position: int
+    batch_size: int
+
+    def detach(self) -> TitansState:
+        """Cut the autograd graph (truncated back-propagation through time)."""
+        return TitansState([s.detach() for s in self.layers], self.position, self.batch_size)
+
+    def num_bytes(self) -> int:
+        """Memory held by the state's tensors (constant in ``position`` except for the
+        full-attention baseline, whose KV cache grows)."""
+        return sum(t.numel() * t.element_size() for t in _tensors(self.layers))
+
+
+@dataclass
+class TitansOutput:
+    """logits: [B, T, V] (or the last ``logits_to_keep`` positions); loss: mean next-token
+    cross-entropy if labels were given; state: the state after the input."""
+
+    logits: Tensor
+    loss: Tensor | None
+    state: TitansState
+
+
+class TitansLM(nn.Module):
+    """A causal language model of any Titans variant or baseline (see :class:`TitansConfig`)."""
+
+    def __init__(self, config: TitansConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TitansConfig):
+            raise ValueError(f"config must be a TitansConfig, got {type(config).__name__}")
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(TitansBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._init_weights()
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def _init_weights(self) -> None:
+        """GPT-2-style: N(0, 0.02) for linear and embedding weights, projections that write
+        into the residual stream scaled by 1/sqrt(2 * layers). Biases, memory initial weights,
+        convs and persistent tokens keep their own initialisation."""
+        std = self.config.initializer_range
+        nn.init.normal_(self.embed_tokens.weight, std=std)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                residual = name.endswith(("mixer.attn.o_proj", "mixer.memory.o_proj",
+                                          "mlp.down_proj"))
+                scale = 1 / math.sqrt(2 * self.config.num_hidden_layers) if residual else 1.0
+                nn.init.normal_(module.weight, std=std * scale)
+
+    def init_state(self, batch_size: int) -> TitansState:
+        """The state before the first token (MAG and MAL memories have read the persistent
+        tokens)."""
+        return TitansState([layer.init_state(batch_size) for layer in self.layers], 0, batch_size)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of (unique) parameters; ``exclude_embeddings`` drops the token embedding and an
+        untied LM head."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            params.pop(id(self.embed_tokens.weight), None)
+            params.pop(id(self.lm_head.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        state: TitansState | None = None,
+        labels: Tensor | None = None,
+        logits_to_keep: int = 0,
+    ) -> TitansOutput:
+        """input_ids: [B, T] token ids; state: from an earlier call (None: a new stream).
+
+        labels: [B, T] ids aligned with input_ids (usually input_ids itself); the loss predicts
+        labels[:, t + 1] from position t, ignoring -100. logits_to_keep: compute logits only for
+        the last this many positions (0 = all).
+        """
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(
+                f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
+                f"{tuple(input_ids.shape)}"
+            )
+        if input_ids.numel() and (
+            int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size
+        ):
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}), got "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids")
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position: use logits_to_keep=0")
+        b, t_len = input_ids.shape
+        if state is None:
+            state = self.init_state(b)
+        elif len(state.layers) != len(self.layers):
+            raise ValueError(f"state has {len(state.layers)} layers, model {len(self.layers)}")
+        elif state.batch_size != b:
+            raise ValueError(f"state is for batch size {state.batch_size}, input_ids has {b}")
+
+        x = self.embed_tokens(input_ids)
+        layer_states = []
+        for layer, layer_state in zip(self.layers, state.layers, strict=True):
+            x, layer_state = layer(x, state.position, layer_state)
+            layer_states.append(layer_state)
+        x = self.norm(x)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return TitansOutput(logits, loss, TitansState(layer_states, state.position + t_len, b))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        state: TitansState | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample a continuation: [B, T] -> [B, T + n], n <= max_new_tokens.
+
+        The prompt is read in one pass, then one token per step with the carried state (the
+        memory keeps learning from the prompt and from its own output), under
+        ``torch.no_grad()`` rather than inference mode so the ids stay usable in autograd.
+        temperature 0 is greedy;
+        top_k / top_p restrict sampling to the k most likely tokens / the smallest set with
+        probability >= top_p. Sequences that produced ``eos_token_id`` are padded with it, and
+        generation stops when all have.
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be None or >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [B, T] with T >= 1, got {tuple(input_ids.shape)}")
+        tokens = [input_ids]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        out = self(input_ids, state, logits_to_keep=1)
+        for step in range(max_new_tokens):
+            nxt = sample_next_token(out.logits[:, -1], temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                nxt = torch.where(done, eos_token_id, nxt)
+                done |= nxt == eos_token_id
+            tokens.append(nxt[:, None])
+            if step + 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
+                break
+            out = self(nxt[:, None], out.state, logits_to_keep=1)
+        return torch.cat(tokens, 1)
+
+
+def sample_next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """logits [B, V] -> token ids [B]: greedy at temperature 0, else sampled (top-k, top-p)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already reach top_p.
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
