@@ -186,11 +186,18 @@ def test_stable_over_100k_tokens_float32():
 
 
 def test_autocast_keeps_memory_state_in_float32():
-    layer = NeuralMemory(HIDDEN, HEADS, HEAD_DIM, chunk_size=4)
+    """Under bf16 autocast the memory's state stays float32, a backward inside the autocast
+    region works (the checkpoint recomputation too), and the state carries on."""
+    layer = NeuralMemory(HIDDEN, HEADS, HEAD_DIM, chunk_size=4, checkpoint_chunks=1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, state = layer(torch.randn(1, 9, HIDDEN))
+        y.float().pow(2).mean().backward()
+        y2, state2 = layer(torch.randn(1, 5, HIDDEN), state)
+        h, _ = layer.retrieve(torch.randn(1, 3, HIDDEN), state2.memory)
     assert state.memory.weights[0].dtype == torch.float32
-    assert torch.isfinite(y).all()
+    assert state2.memory.weights[0].dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.isfinite(y2).all() and torch.isfinite(h).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.memory_init)
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,9 @@ class Attention(nn.Module):
         src_index = index if context is None else torch.cat([index, index])
         k = rotary_embedding(self._heads(self.k_proj(source)), src_index, self.rope_theta)
         v = self._heads(self.v_proj(source))
-        keys, values = torch.cat([cache.key, k], 2), torch.cat([cache.value, v], 2)
+        # A cache made outside autocast joins keys made inside it (and vice versa).
+        keys = torch.cat([cache.key.to(k.dtype), k], 2)
+        values = torch.cat([cache.value.to(v.dtype), v], 2)
         k_index = torch.cat([cache.index, src_index])
         if context is not None:
             # Sorted indices keep each block's visible keys contiguous (a stable sort keeps the

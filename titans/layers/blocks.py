@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from titans.layers.attention import Attention, KVCache
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.layers.mlp import SwiGLU
+from titans.layers.norm import RMSNorm
 from titans.ops import MemoryState
 
 if TYPE_CHECKING:
@@ -93,8 +94,8 @@ class OutputGate(nn.Module):
 
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
-        self.y_norm = nn.RMSNorm(hidden_size, eps=eps)
-        self.m_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.y_norm = RMSNorm(hidden_size, eps=eps)
+        self.m_norm = RMSNorm(hidden_size, eps=eps)
 
     def forward(self, y: Tensor, m: Tensor) -> Tensor:
         return self.y_norm(y) * torch.sigmoid(self.m_norm(m))
@@ -254,9 +255,9 @@ class TitansBlock(nn.Module):
 
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
-        self.mixer_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mixer_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mixer = MIXERS[cfg.variant](cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def init_state(self, batch_size: int) -> LayerState:

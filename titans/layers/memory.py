@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from titans.layers.norm import RMSNorm
 from titans.ops import MemoryState, memory_chunked
 from titans.ops.memory_common import (
     ACTIVATIONS,
@@ -130,7 +131,7 @@ class NeuralMemory(nn.Module):
         self.memory_init = nn.ParameterList(
             nn.Parameter(torch.empty(num_heads, dims[i], dims[i + 1])) for i in range(memory_depth)
         )
-        self.out_norm = nn.RMSNorm(head_dim, eps=1e-6)
+        self.out_norm = RMSNorm(head_dim, eps=1e-6)
         self.out_gate = nn.Linear(hidden_size, inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
         self.reset_parameters()
@@ -228,7 +229,9 @@ class NeuralMemory(nn.Module):
         q, query_conv = self._project(x, query_conv, 1)
         q = F.normalize(q[:, :, 0], dim=-1).transpose(1, 2)  # [B, H, T, D]
         weights = [w.to(compute_dtype(q.dtype)) for w in memory.weights]
-        o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm)
+        # The memory's read stays in >= float32 under autocast, like its updates.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm)
         return self._output(o.transpose(1, 2), x), query_conv
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

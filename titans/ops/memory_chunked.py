@@ -269,7 +269,10 @@ class _RecomputedChunks(torch.autograd.Function):
         inputs = [t.detach().requires_grad_(need) for t, need in
                   zip(ctx.saved_tensors, ctx.needs_input_grad[1:], strict=True)]
         depth = len(inputs) - _GROUP_TENSORS
-        with torch.enable_grad():
+        # The recomputation must match the forward, which ran with autocast off: a backward
+        # called inside an autocast region would otherwise recompute in low precision.
+        device = inputs[0].device.type
+        with torch.enable_grad(), torch.autocast(device_type=device, enabled=False):
             o, wss = _run_chunks(inputs[:depth], tuple(inputs[depth:]), ctx.spec)
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad((o, *wss), wanted, grad_outputs, allow_unused=True))
