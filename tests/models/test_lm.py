@@ -248,3 +248,21 @@ def test_bad_inputs_raise_clear_errors():
         other(torch.zeros(2, 3, dtype=torch.long), state)
     with pytest.raises(ValueError, match="temperature"):
         model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=-1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bf16_autocast_trains_and_streams(variant):
+    """Under bf16 autocast (the GPU training setting): forward, backward inside the autocast
+    region and continuing from the state work; memory states stay float32."""
+    model = model_for(config(variant), torch.float32)
+    ids = torch.randint(0, 61, (2, 30))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        nxt = model(ids[:, :5], out.state)
+    assert torch.isfinite(out.loss) and torch.isfinite(nxt.logits.float()).all()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    memories = [s if variant == "lmm" else s.memory for s in nxt.state.layers
+                ] if variant in MEMORY_VARIANTS else []
+    assert all(m.memory.weights[0].dtype == torch.float32 for m in memories)

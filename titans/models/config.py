@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from titans.ops.memory_common import ACTIVATIONS
@@ -80,8 +80,11 @@ class TitansConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
+    # Names of the fields derived above (left None by the caller), re-derived by ``replace``.
+    _derived: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._derived = frozenset(name for name in _DERIVED if getattr(self, name) is None)
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
@@ -139,13 +142,22 @@ class TitansConfig:
     def has_memory(self) -> bool:
         return self.variant in MEMORY_VARIANTS
 
+    def replace(self, **changes: Any) -> TitansConfig:
+        """A copy with ``changes``; fields that were derived are derived again (so changing
+        ``hidden_size`` updates ``head_dim``, which ``dataclasses.replace`` would keep)."""
+        values = self.to_dict()
+        for name in self._derived:
+            values[name] = None
+        return TitansConfig.from_dict({**values, **changes})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields with their (resolved) values, e.g. for a JSON config file."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TitansConfig:
         """Build from a mapping (e.g. parsed JSON/YAML); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown TitansConfig keys {unknown}; valid keys: {sorted(known)}")
@@ -161,6 +173,10 @@ class TitansConfig:
         if variant in PERSISTENT_VARIANTS:
             values["num_persistent_tokens"] = persistent
         return cls.from_dict({**values, **overrides})
+
+
+_DERIVED = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
+            "num_persistent_tokens")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

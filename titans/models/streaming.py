@@ -39,21 +39,27 @@ class StreamPiece:
 def _chunks(tokens: Tensor | Iterable[int] | Iterable[Tensor], size: int) -> Iterator[Tensor]:
     """Yield [B, m] integer tensors from a tensor ([N] or [B, N]), tensors or ints."""
     if isinstance(tokens, Tensor):
-        tokens = tokens if tokens.dim() == 2 else tokens[None]
-        if tokens.dim() != 2:
-            raise ValueError(f"a token tensor must be [N] or [B, N], got {tuple(tokens.shape)}")
+        tokens = _as_batch(tokens)
         for a in range(0, tokens.shape[1], size):
             yield tokens[:, a:a + size]
         return
     it = iter(tokens)
     first = next(it, None)
-    if isinstance(first, Tensor):
+    if isinstance(first, Tensor) and first.dim() > 0:
         for t in itertools.chain([first], it):
-            yield t if t.dim() == 2 else t[None]
+            yield _as_batch(t)
         return
+    # Ints, or 0-d tensors (iterating over a 1-d tensor gives those).
     it = itertools.chain([] if first is None else [first], it)
-    while block := list(itertools.islice(it, size)):
+    while block := [int(t) for t in itertools.islice(it, size)]:
         yield torch.tensor(block, dtype=torch.long)[None]
+
+
+def _as_batch(tokens: Tensor) -> Tensor:
+    """[N] -> [1, N]; [B, N] unchanged; anything else is an error."""
+    if tokens.dim() not in (1, 2):
+        raise ValueError(f"a token tensor must be [N] or [B, N], got {tuple(tokens.shape)}")
+    return tokens if tokens.dim() == 2 else tokens[None]
 
 
 def stream(
@@ -72,12 +78,24 @@ def stream(
     under ``torch.no_grad()``; the memory keeps learning. Splitting a stream into pieces
     gives the logits of one pass, so ``piece_len`` trades speed for memory only.
     """
-    if not isinstance(piece_len, int) or piece_len < 1:
+    if isinstance(piece_len, bool) or not isinstance(piece_len, int) or piece_len < 1:
         raise ValueError(f"piece_len must be an int >= 1, got {piece_len!r}")
+    if isinstance(tokens, Tensor):
+        _as_batch(tokens)  # shape errors now, not at the first piece
+    return _pieces(model, _chunks(tokens, piece_len), piece_len, state, losses, logits)
+
+
+def _pieces(
+    model: TitansLM,
+    source: Iterator[Tensor],
+    piece_len: int,
+    state: TitansState | None,
+    losses: bool,
+    logits: bool,
+) -> Iterator[StreamPiece]:
     device = next(model.parameters()).device
     buffer: Tensor | None = None
     position = 0 if state is None else state.position
-    source = _chunks(tokens, piece_len)
     exhausted = False
     with torch.no_grad():
         while True:
@@ -112,5 +130,6 @@ def stream_losses(
     """Per-token next-token losses over a whole stream: [B, N - 1] on the CPU."""
     pieces = [p.losses.cpu() for p in stream(model, tokens, piece_len) if p.losses is not None]
     if not pieces:
-        return torch.zeros(1, 0)
+        batch = _as_batch(tokens).shape[0] if isinstance(tokens, Tensor) else 1
+        return torch.zeros(batch, 0)
     return torch.cat(pieces, 1)
