@@ -1,0 +1,30 @@
+"""Data: the default corpus, user documents, tokenizers and packed token files.
+
+Typical use::
+
+    corpus = default_corpus()                       # or corpus_from_documents(name, docs)
+    tokenizer = load_tokenizer("bpe", corpus)       # or "mistral", "<path>.json", "<path>.model"
+    files = prepare_data(corpus, tokenizer)         # {"train", "validation", "test"} -> TokenFile
+    files["train"].tokens                           # 1-D memmap of token ids, EOS between docs
+"""
+
+from titans.data.corpus import (
+    SPLITS,
+    Corpus,
+    Document,
+    DocumentHasher,
+    corpus_from_documents,
+    fingerprint_documents,
+)
+from titans.data.fetch import DataUnavailableError
+from titans.data.packing import TokenFile, pack_documents, prepare_data
+from titans.data.sources import load_documents, save_documents
+from titans.data.stdlib import default_corpus
+from titans.data.tokenizer import EOS, Tokenizer, load_tokenizer, train_bpe
+
+__all__ = [
+    "EOS", "SPLITS", "Corpus", "DataUnavailableError", "Document", "DocumentHasher", "TokenFile",
+    "Tokenizer", "corpus_from_documents", "default_corpus", "fingerprint_documents",
+    "load_documents", "load_tokenizer", "pack_documents", "prepare_data", "save_documents",
+    "train_bpe",
+]
