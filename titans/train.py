@@ -1,0 +1,774 @@
+"""Training: one readable loop from setup to checkpoint, single-process or data parallel.
+
+``train`` reads top to bottom: setup (devices, seeds, resume), data (``get_batch``, a pure
+function of the step), model, optimizer (AdamW, warmup + cosine), the loop (gradient
+accumulation, clipping), evaluation and checkpoints. A run resumed from its checkpoint continues
+bit for bit like one that was never interrupted: the batches depend only on the step, and the
+checkpoint holds the weights, the optimizer state and every RNG state.
+
+Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored once, as the
+embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
+(optimizer, schedule, RNG states, step, tokens seen) and ``metrics.jsonl`` (one JSON record per
+logged step and per evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from titans import distributed
+from titans.distributed import DistEnv
+from titans.io import atomic_save_json, atomic_write
+from titans.models.config import TitansConfig
+from titans.models.lm import TitansLM
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINER_FILE = "trainer.pt"
+METRICS_FILE = "metrics.jsonl"
+# A checkpoint is three files, so it is first written here and then moved into out_dir; see
+# ``_commit_checkpoint``.
+STAGING_DIR = ".checkpoint-staging"
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a training run, validated on construction (``ValueError`` naming the
+    field). ``batch_size`` is per process and micro-batch: an optimizer step sees
+    ``batch_size * grad_accum * world_size`` sequences of ``seq_len`` tokens. Training stops after
+    ``max_steps`` optimizer steps or ``max_tokens`` tokens, whichever comes first.
+    ``grad_clip`` 0 disables clipping (the gradient norm is still reported). ``dtype`` "auto" is
+    float32 on CPU and bfloat16 autocast on CUDA (weights and optimizer stay float32)."""
+
+    out_dir: str = "runs/default"
+    seq_len: int = 512
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 1000
+    max_tokens: int | None = None
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    tensorboard: bool = False
+    wandb: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.out_dir, os.PathLike):
+            self.out_dir = os.fspath(self.out_dir)  # keep asdict() JSON-serialisable
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"TrainConfig.out_dir must be a non-empty path, got {self.out_dir!r}")
+        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every",
+                     "eval_batches", "save_every", "log_every"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "seed"):
+            _check_int(name, getattr(self, name), 0)
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, 1)
+        _check_number("lr", self.lr, lambda v: v > 0, "> 0")
+        _check_number("min_lr_ratio", self.min_lr_ratio, lambda v: 0 <= v <= 1, "in [0, 1]")
+        _check_number("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
+        _check_number("grad_clip", self.grad_clip, lambda v: v >= 0, ">= 0")
+        for name in ("beta1", "beta2"):
+            _check_number(name, getattr(self, name), lambda v: 0 <= v < 1, "in [0, 1)")
+        for name in ("compile", "tensorboard", "wandb", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(
+                    f"TrainConfig.device must be 'auto' or a torch device such as 'cpu', 'cuda', "
+                    f"'cuda:1', got {self.device!r}"
+                ) from e
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"TrainConfig.{name} must be an int >= {low}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"TrainConfig.{name} must be a number {rule}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def get_batch(
+    tokens: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    step: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
+    """Rows of global batch ``step`` for process ``rank``: [batch_size, seq_len] int64 (CPU).
+
+    The stream is cut into ``n = (len(tokens) - 1) // seq_len`` consecutive sequences (documents
+    are separated by the EOS tokens packed into the stream). Epoch ``e`` visits them in a
+    permutation seeded by ``(seed, e)``; global batch ``step`` is rows
+    ``[step * B * W, (step + 1) * B * W)`` of the concatenated epochs and rank ``r`` takes the
+    ``r``-th block of ``B`` of them, so the ranks' rows together are the world-size-1 batch of
+    ``B * W`` rows. A pure function of its arguments: a resumed run sees exactly the data of an
+    uninterrupted one.
+    """
+    _check_token_array("tokens", tokens)
+    for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
+                             ("step", step, 0), ("seed", seed, 0), ("world_size", world_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
+    num_seqs = (len(tokens) - 1) // seq_len
+    if num_seqs < 1:
+        raise ValueError(
+            f"need at least seq_len + 1 = {seq_len + 1} tokens for one sequence, got {len(tokens)}"
+        )
+    rows = (step * world_size + rank) * batch_size + np.arange(batch_size)
+    epochs = rows // num_seqs
+    seqs = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(epochs):  # a batch may straddle an epoch boundary (or several)
+        here = epochs == epoch
+        seqs[here] = _epoch_order(num_seqs, seed, int(epoch))[rows[here] % num_seqs]
+    index = seqs[:, None] * seq_len + np.arange(seq_len)  # [batch_size, seq_len] positions
+    return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_seqs: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the sequences in one epoch; cached because every step of an epoch needs it
+    (read-only, so the cache cannot be corrupted by a caller)."""
+    order = np.random.default_rng((seed, epoch)).permutation(num_seqs)
+    order.setflags(write=False)
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices only.
+
+    Decayed: every weight with ndim >= 2 that maps activations to activations (linear layers,
+    the memory's depthwise conv, an untied LM head). Not decayed: norms and biases (ndim 1; this
+    includes the memory's gate biases, which set the initial theta, eta and alpha), the token
+    embedding (with tied embeddings it is also the LM head), and two kinds of 2-D parameters that
+    are values rather than maps: the persistent tokens, which are learned input tokens like
+    embeddings, and the neural memory's initial weights (``memory_init``), which are the starting
+    state of the inner learner — the memory's own forget gate already governs how its weights
+    shrink, and pulling that start towards zero would push the memory towards a constant function.
+    Shared parameters (the tied head) are listed once.
+    """
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_value = (
+            name == "embed_tokens.weight" or name.endswith(".persistent") or ".memory_init." in name
+        )
+        (decay if param.ndim >= 2 and not is_value else no_decay).append((name, param))
+    return [
+        {"params": [p for _, p in group], "param_names": [n for n, _ in group], "weight_decay": wd}
+        for group, wd in ((decay, weight_decay), (no_decay, 0.0))
+    ]
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warmup over
+    ``warmup_steps`` steps, then cosine decay from 1 to ``min_lr_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def total_steps(config: TrainConfig, world_size: int = 1) -> int:
+    """Optimizer steps of a run: ``max_steps``, or fewer if ``max_tokens`` is reached first."""
+    if config.max_tokens is None:
+        return config.max_steps
+    tokens_per_step = config.seq_len * config.batch_size * config.grad_accum * world_size
+    return min(config.max_steps, math.ceil(config.max_tokens / tokens_per_step))
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint records about the run besides weights and optimizer state."""
+
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # training tokens seen, over all processes
+    elapsed: float = 0.0  # wall time of the run so far, over all sessions (s)
+    final_train_loss: float | None = None
+    final_val_loss: float | None = None
+    best_val_loss: float | None = None
+
+
+def train(
+    model_config: TitansConfig,
+    train_config: TrainConfig,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
+
+    train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap); without
+    val_tokens there is no evaluation. resume: continue exactly from the checkpoint in out_dir
+    (``FileNotFoundError`` if there is none, ``ValueError`` if it was trained with another model
+    config, sequence length, global batch or optimizer hyperparameters; ``max_steps`` and
+    ``max_tokens`` may change, to extend a run). Without resume, an out_dir that already holds a
+    checkpoint is refused (``FileExistsError``) rather than overwritten.
+
+    Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
+    and saves. Returns the summary ``{"steps", "tokens", "final_train_loss", "final_val_loss",
+    "best_val_loss", "tokens_per_s" (training throughput of this session without its first
+    step), "num_parameters", "wall_time" (s, all sessions), "out_dir"}``.
+    """
+    if not isinstance(model_config, TitansConfig):
+        raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
+    if not isinstance(train_config, TrainConfig):
+        raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    _check_tokens("train_tokens", train_tokens, train_config.seq_len)
+    if val_tokens is not None:
+        _check_tokens("val_tokens", val_tokens, train_config.seq_len)
+    env = distributed.setup(train_config.device)
+    try:
+        return _train(model_config, train_config, train_tokens, val_tokens, resume, env)
+    finally:
+        distributed.teardown(env)
+
+
+def _train(
+    model_config: TitansConfig,
+    cfg: TrainConfig,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray | None,
+    resume: bool,
+    env: DistEnv,
+) -> dict[str, Any]:
+    # ---- setup
+    session_start = time.perf_counter()
+    out_dir = Path(cfg.out_dir)
+    num_steps = total_steps(cfg, env.world_size)
+    tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * env.world_size
+    _seed_everything(cfg.seed)
+    amp_dtype = _amp_dtype(cfg.dtype, env.device)
+    _Trackers.check_installed(cfg)  # fail before any work if an enabled logger is missing
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
+    distributed.barrier(env)  # the others read the checkpoint only once it is whole
+    if not resume and (out_dir / TRAINER_FILE).exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a checkpoint: pass resume=True (--resume on the command "
+            "line) to continue it, or choose another out_dir"
+        )
+
+    # ---- model (the seed makes the initial weights identical on every process)
+    model = TitansLM(model_config).to(env.device)
+
+    # ---- optimizer
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        # Fused kernels on CUDA; elsewhere PyTorch's default (foreach) implementation.
+        fused=True if env.device.type == "cuda" else None,
+    )
+
+    # ---- resume: weights, optimizer, RNG states and progress from out_dir
+    progress = _Progress()
+    if resume:
+        progress = _load_trainer_state(out_dir, model_config, cfg, env.world_size, model, optimizer)
+    first_step, earlier_sessions = progress.step, progress.elapsed
+
+    def elapsed() -> float:  # wall time of the run: earlier sessions plus this one
+        return earlier_sessions + time.perf_counter() - session_start
+
+    # Compile, then wrap for data parallelism; `model` itself stays the plain module whose
+    # weights are saved.
+    step_model: nn.Module = torch.compile(model) if cfg.compile else model
+    eval_model = step_model
+    if env.is_distributed:
+        step_model = DistributedDataParallel(
+            step_model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+
+    # ---- logging
+    metrics = _MetricsLog(out_dir / METRICS_FILE, keep_until=progress.step) if env.is_main else None
+    trackers = _Trackers(cfg, model_config, progress.step, enabled=env.is_main)
+    bar = tqdm(
+        total=num_steps, initial=progress.step, unit="step", dynamic_ncols=True,
+        disable=not (cfg.progress and env.is_main and sys.stderr.isatty()),
+    )
+
+    # ---- loop
+    window_tokens, window_time = 0, 0.0  # for tokens/s of each logged window
+    # This session's time in training steps: all of them, and without the first one, which pays
+    # for warm-up (and compilation).
+    train_time, warm_train_time = 0.0, 0.0
+    while progress.step < num_steps:
+        step_start = time.perf_counter()
+        lr = cfg.lr * lr_multiplier(progress.step, cfg.warmup_steps, num_steps, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        loss_sum = torch.zeros((), device=env.device)
+        for micro in range(cfg.grad_accum):
+            batch = get_batch(
+                train_tokens, cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
+                cfg.seed, env.rank, env.world_size,
+            ).to(env.device)
+            # DDP averages gradients over processes only on the last micro-batch's backward.
+            last_micro = micro == cfg.grad_accum - 1
+            sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
+            with sync:
+                with torch.autocast(env.device.type, amp_dtype, enabled=amp_dtype is not None):
+                    loss = step_model(batch, labels=batch).loss / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        # Clip to grad_clip, or with an infinite bound (0 = off) just to measure the norm.
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        progress.tokens += tokens_per_step
+        last_step = progress.step == num_steps
+        log_now = progress.step % cfg.log_every == 0 or last_step
+        save_now = progress.step % cfg.save_every == 0 or last_step
+        if log_now or save_now:  # reading the loss waits for the device, so only when needed
+            progress.final_train_loss = distributed.all_reduce_mean(loss_sum, env).item()
+            if not math.isfinite(progress.final_train_loss):  # never save diverged weights
+                raise FloatingPointError(
+                    f"training diverged: loss {progress.final_train_loss} at step "
+                    f"{progress.step}; the checkpoint in {out_dir} is from before (try a lower lr "
+                    "or a longer warmup)"
+                )
+        step_time = time.perf_counter() - step_start
+        window_tokens, window_time = window_tokens + tokens_per_step, window_time + step_time
+        train_time += step_time
+        if progress.step > first_step + 1:
+            warm_train_time += step_time
+
+        if log_now:
+            record = {
+                "step": progress.step, "tokens": progress.tokens,
+                "loss": progress.final_train_loss, "lr": lr, "grad_norm": grad_norm.item(),
+                "tokens_per_s": window_tokens / window_time, "elapsed": elapsed(),
+            }
+            window_tokens, window_time = 0, 0.0
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                            refresh=False)  # shown by the update below
+            if bar.disable and cfg.progress and env.is_main:
+                # No terminal (a log file, CI): one plain line per record instead of the bar.
+                eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
+                print(f"step {progress.step}/{num_steps}  loss {record['loss']:.4f}  "
+                      f"{record['tokens_per_s']:.0f} tok/s  eta {eta / 60:.1f} min", flush=True)
+            if metrics is not None:
+                metrics.write(record)
+            trackers.log(record)
+        bar.update(1)
+
+        # ---- eval
+        if val_tokens is not None and (progress.step % cfg.eval_every == 0 or last_step):
+            val_loss = _evaluate(eval_model, val_tokens, cfg, env, amp_dtype)
+            progress.final_val_loss = val_loss
+            if progress.best_val_loss is None or val_loss < progress.best_val_loss:
+                progress.best_val_loss = val_loss
+            record = {
+                "step": progress.step, "tokens": progress.tokens, "val_loss": val_loss,
+                "elapsed": elapsed(),
+            }
+            if metrics is not None:
+                metrics.write(record)
+            trackers.log(record)
+            if bar.disable and cfg.progress and env.is_main:
+                print(f"step {progress.step}/{num_steps}  validation loss {val_loss:.4f}",
+                      flush=True)
+
+        # ---- checkpoint
+        if save_now:
+            if env.is_main:
+                saved = dataclasses.replace(progress, elapsed=elapsed())
+                _save_checkpoint(out_dir, model, cfg, optimizer, saved, num_steps, env.world_size)
+            distributed.barrier(env)
+
+    bar.close()
+    trackers.close()
+    progress.elapsed = elapsed()
+    steps_run = progress.step - first_step
+    tokens_per_s = None
+    if steps_run > 1:
+        tokens_per_s = (steps_run - 1) * tokens_per_step / warm_train_time
+    elif steps_run == 1:  # a session of one step: its time is all there is
+        tokens_per_s = tokens_per_step / train_time
+    return {
+        "steps": progress.step,
+        "tokens": progress.tokens,
+        "final_train_loss": progress.final_train_loss,
+        "final_val_loss": progress.final_val_loss,
+        "best_val_loss": progress.best_val_loss,
+        "tokens_per_s": tokens_per_s,
+        "num_parameters": model.num_parameters(),
+        "wall_time": progress.elapsed,
+        "out_dir": str(out_dir),
+    }
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    tokens: np.ndarray,
+    cfg: TrainConfig,
+    env: DistEnv,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean next-token loss on ``cfg.eval_batches`` batches of ``tokens``, in eval mode.
+
+    The batches are always batches 0..eval_batches-1 of ``get_batch`` (independent of training
+    progress), so every evaluation of a run scores the same sequences; each process scores its
+    rows and the mean is taken over all of them.
+    """
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=env.device)
+    for i in range(cfg.eval_batches):
+        batch = get_batch(
+            tokens, cfg.seq_len, cfg.batch_size, i, cfg.seed, env.rank, env.world_size
+        ).to(env.device)
+        with torch.autocast(env.device.type, amp_dtype, enabled=amp_dtype is not None):
+            total += model(batch, labels=batch).loss.float()
+    model.train(was_training)
+    return distributed.all_reduce_mean(total / cfg.eval_batches, env).item()
+
+
+def _check_token_array(name: str, tokens: Any) -> None:
+    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must be a 1-D integer numpy array, got {type(tokens).__name__} "
+            f"{getattr(tokens, 'dtype', '')} {getattr(tokens, 'shape', '')}"
+        )
+
+
+def _check_tokens(name: str, tokens: Any, seq_len: int) -> None:
+    """Fail before any setup on a token stream ``get_batch`` could not cut."""
+    _check_token_array(name, tokens)
+    if len(tokens) < seq_len + 1:
+        raise ValueError(
+            f"{name} has {len(tokens)} tokens; seq_len {seq_len} needs at least {seq_len + 1}"
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _save_checkpoint(
+    out_dir: Path,
+    model: TitansLM,
+    train_config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    progress: _Progress,
+    num_steps: int,
+    world_size: int,
+) -> None:
+    """Write weights, configs and trainer state into ``out_dir`` as one atomic unit.
+
+    The three files are written (each atomically) into a staging directory, ``trainer.pt``
+    last, and then moved into ``out_dir``; a crash at any point leaves either the previous
+    checkpoint or, once the staging is complete, one that the next run finishes moving in.
+    """
+    staging = out_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed in this session
+    staging.mkdir(parents=True)
+    with atomic_write(staging / WEIGHTS_FILE) as f:
+        f.write(safetensors.torch.save(_weights(model), metadata={"step": str(progress.step)}))
+    atomic_save_json(
+        {"model": model.config.to_dict(), "train": asdict(train_config)}, staging / CONFIG_FILE
+    )
+    trainer_state = {
+        **asdict(progress),
+        "world_size": world_size,
+        "optimizer": optimizer.state_dict(),
+        # The schedule is a pure function of the step; this records its parameters.
+        "scheduler": {"kind": "warmup_cosine", "lr": train_config.lr, "total_steps": num_steps,
+                      "warmup_steps": train_config.warmup_steps,
+                      "min_lr_ratio": train_config.min_lr_ratio},
+        "rng": _rng_state(),
+    }
+    with atomic_write(staging / TRAINER_FILE) as f:
+        torch.save(trainer_state, f)
+    _commit_checkpoint(out_dir)
+
+
+def _commit_checkpoint(out_dir: Path) -> None:
+    """Move a complete staged checkpoint into ``out_dir``, or discard an incomplete one.
+
+    The staging is complete once it holds ``trainer.pt`` (written last, atomically), which is
+    also moved last: so this can be re-run after a crash at any point of it.
+    """
+    staging = out_dir / STAGING_DIR
+    if not staging.exists():
+        return
+    if (staging / TRAINER_FILE).exists():
+        for name in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE):
+            if (staging / name).exists():  # absent: already moved before a crash
+                os.replace(staging / name, out_dir / name)
+    shutil.rmtree(staging)
+
+
+def _weights(model: TitansLM) -> dict[str, Tensor]:
+    """The state dict for safetensors, which refuses shared tensors: a tied LM head is the
+    embedding matrix, stored once (as ``embed_tokens.weight``)."""
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]
+    return {name: t.detach().cpu().contiguous() for name, t in state.items()}
+
+
+def _load_weights(model: TitansLM, path: Path) -> None:
+    """Load ``model.safetensors`` into ``model`` in place. The model's constructor ties the LM
+    head to the embedding and loading copies into the existing tensors, so the tie survives."""
+    state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_missing = ["lm_head.weight"] if model.config.tie_word_embeddings else []
+    if sorted(missing) != expected_missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model: missing {sorted(set(missing) - {*expected_missing})}"
+            f", unexpected {sorted(unexpected)}"
+        )
+
+
+def _read_config(out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config.json. Read-only: a reader may run while a training process is
+    saving, so only training itself repairs an interrupted save (``_commit_checkpoint``)."""
+    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE) if not (out_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
+            "save_every steps and at its end)"
+        )
+    return json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def load_checkpoint(out_dir: str | Path) -> tuple[TitansLM, dict[str, Any]]:
+    """The model saved in ``out_dir`` (on CPU, in eval mode) and its config dict
+    ``{"model": TitansConfig fields, "train": TrainConfig fields}``."""
+    out_dir = Path(out_dir)
+    config = _read_config(out_dir)
+    model = TitansLM(TitansConfig.from_dict(config["model"]))
+    _load_weights(model, out_dir / WEIGHTS_FILE)
+    return model.eval(), config
+
+
+# A resumed run must follow the same trajectory as the interrupted one, so these must match.
+_RESUME_FIELDS = ("seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1",
+                  "beta2", "grad_clip", "seed")
+
+
+def _load_trainer_state(
+    out_dir: Path,
+    model_config: TitansConfig,
+    cfg: TrainConfig,
+    world_size: int,
+    model: TitansLM,
+    optimizer: torch.optim.Optimizer,
+) -> _Progress:
+    """Restore weights, optimizer state and RNG states from ``out_dir``; return the progress."""
+    saved = _read_config(out_dir)
+    saved_model = TitansConfig.from_dict(saved["model"]).to_dict()
+    wanted_model = model_config.to_dict()
+    if saved_model != wanted_model:
+        diff = {k: (saved_model[k], wanted_model[k]) for k in wanted_model
+                if saved_model[k] != wanted_model[k]}
+        raise ValueError(
+            f"the checkpoint in {out_dir} is of another model config ((saved, requested): {diff})"
+        )
+    trainer = torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
+    saved_train = saved["train"]
+    diff = {k: (saved_train[k], getattr(cfg, k)) for k in _RESUME_FIELDS
+            if saved_train[k] != getattr(cfg, k)}
+    saved_batch = saved_train["batch_size"] * saved_train["grad_accum"] * trainer["world_size"]
+    batch = cfg.batch_size * cfg.grad_accum * world_size
+    if saved_batch != batch:  # re-sharding the same global batch over processes is fine
+        diff["sequences per step"] = (saved_batch, batch)
+    if diff:
+        raise ValueError(
+            f"cannot resume {out_dir} exactly with other training settings ((saved, requested): "
+            f"{diff}); start a new run in another out_dir instead"
+        )
+    _load_weights(model, out_dir / WEIGHTS_FILE)
+    optimizer.load_state_dict(trainer["optimizer"])
+    _set_rng_state(trainer["rng"])
+    return _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG's state, as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(key.copy()), pos, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, key.numpy(), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        count = min(len(state["cuda"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(state["cuda"][:count])
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+
+
+class _MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, appended as training goes.
+
+    On (re)start, records after step ``keep_until`` are dropped (and a line cut by a crash), so a
+    resumed run continues the file without duplicate steps.
+    """
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        self.path = path
+        kept = [r for r in read_metrics(path) if r["step"] <= keep_until]
+        with atomic_write(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, record: dict[str, Any]) -> None:
+        # Appending a line is not atomic, but a crash can only cut the last line, which the next
+        # start drops; rewriting the whole file per record would cost O(records) each time.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (empty if it does not exist); a line cut by a crash is
+    skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class _Trackers:
+    """Optional TensorBoard / Weights & Biases logging (rank 0), imported only when enabled."""
+
+    def __init__(
+        self, cfg: TrainConfig, model_config: TitansConfig, start_step: int, enabled: bool
+    ) -> None:
+        self.tensorboard: Any = None
+        self.wandb: Any = None
+        if not enabled:
+            return
+        out_dir = Path(cfg.out_dir)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a resumed run is about to log again.
+            self.tensorboard = SummaryWriter(
+                str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+            )
+        if cfg.wandb:
+            import wandb
+
+            # A resumed run starts a new W&B run; its steps continue from the checkpoint.
+            self.wandb = wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "titans-lm"), name=out_dir.name,
+                dir=str(out_dir), config={"model": model_config.to_dict(), "train": asdict(cfg)},
+            )
+
+    @staticmethod
+    def check_installed(cfg: TrainConfig) -> None:
+        """Raise a clear ImportError for an enabled logger whose package is missing; checked on
+        every process, so none is left waiting for a rank 0 that failed."""
+        for enabled, module, extra in ((cfg.tensorboard, "tensorboard", "tensorboard"),
+                                       (cfg.wandb, "wandb", "wandb")):
+            if enabled and importlib.util.find_spec(module) is None:
+                raise ImportError(
+                    f"{extra}=True needs the {module} package: pip install 'titans-lm[{extra}]'"
+                )
+
+    def log(self, record: dict[str, Any]) -> None:
+        values = {k: v for k, v in record.items() if k != "step"}
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(name, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(values, step=record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
