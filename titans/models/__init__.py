@@ -2,8 +2,9 @@
 
 from titans.models.config import ABLATIONS, PRESETS, VARIANTS, TitansConfig
 from titans.models.lm import TitansLM, TitansOutput, TitansState, sample_next_token
+from titans.models.sizing import count_parameters, match_parameters
 
 __all__ = [
     "ABLATIONS", "PRESETS", "VARIANTS", "TitansConfig", "TitansLM", "TitansOutput", "TitansState",
-    "sample_next_token",
+    "count_parameters", "match_parameters", "sample_next_token",
 ]
