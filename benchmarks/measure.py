@@ -6,13 +6,11 @@ Peak memory on Linux CPU is the resident-set high-water mark (VmHWM, reset throu
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,10 +85,3 @@ def machine_info(device_name: str) -> dict:
     if device_name.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device_name))
     return info
-def write_json(report: dict, out: Path) -> None:
-    """Write ``report`` to ``out`` atomically (temp file in the same folder + os.replace)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as f:
-        json.dump(report, f, indent=2)
-    os.chmod(f.name, 0o644)  # mkstemp creates the file private to its owner
-    os.replace(f.name, out)

@@ -46,10 +46,11 @@ from measure import (
     peak_memory,
     reset_peak_memory,
     system_busy_s,
-    write_json,
 )
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+from titans.io import atomic_save_json
 
 HIDDEN, HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK = 256, 4, 64, 2, 4, 16
 IMPLS = ("titans-lm", "titans-pytorch")
@@ -268,7 +269,7 @@ def main() -> None:
               "peak_matmul_gflops": peak, "memory_method": memory_method(args.device),
               "results": results}
     print_report(report)
-    write_json(report, args.out)
+    atomic_save_json(report, args.out)
     print(f"\nwrote {args.out}")
 
 

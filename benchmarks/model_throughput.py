@@ -34,10 +34,10 @@ from measure import (
     peak_memory,
     reset_peak_memory,
     system_busy_s,
-    write_json,
 )
 
 from titans import TitansConfig, TitansLM, stream
+from titans.io import atomic_save_json
 from titans.models import VARIANTS
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "model_throughput.json"
@@ -168,7 +168,7 @@ def main() -> None:
                          "batch_size": args.batch_size, "repeats": args.repeats,
                          "decode_tokens": args.decode_tokens, "dtype": "float32"},
               "memory_method": memory_method(args.device), "results": results}
-    write_json(report, args.out)
+    atomic_save_json(report, args.out)
     print(f"\nwrote {args.out}")
 
 
