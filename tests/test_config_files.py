@@ -1,0 +1,91 @@
+"""Config files: YAML and TOML map onto the dataclasses; --set overrides; clear errors."""
+
+import pytest
+
+from titans.config_files import (
+    DataConfig,
+    EvalConfig,
+    apply_overrides,
+    build_dataclass,
+    check_sections,
+    model_config,
+    read_config_file,
+)
+
+
+def test_yaml_and_toml_give_the_same_values(tmp_path):
+    (tmp_path / "a.yaml").write_text("model:\n  preset: tiny\n  variant: mag\ntrain:\n  lr: 3e-3\n")
+    (tmp_path / "a.toml").write_text(
+        '[model]\npreset = "tiny"\nvariant = "mag"\n[train]\nlr = 3e-3\n')
+    assert read_config_file(tmp_path / "a.yaml") == read_config_file(tmp_path / "a.toml")
+
+
+def test_shipped_configs_parse_and_build(tmp_path):
+    """Every file in configs/ names only known sections and keys and builds a model config."""
+    from pathlib import Path
+
+    from titans.train import TrainConfig
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("configs/*.*"))
+    assert len(files) >= 3
+    for path in files:
+        values = read_config_file(path)
+        sections = ("model", "models", "match_parameters", "train", "data", "eval", "sample")
+        check_sections(values, sections)
+        build_dataclass(DataConfig, values.get("data"), "data")
+        build_dataclass(EvalConfig, values.get("eval"), "eval")
+        build_dataclass(TrainConfig, values.get("train"), "train")
+        for section in values.get("models", {"": values.get("model")}).values():
+            assert model_config(section, 8192).vocab_size == 8192
+
+
+def test_overrides_parse_values_as_yaml_and_do_not_mutate_the_input():
+    values = {"train": {"lr": 1.0}}
+    out = apply_overrides(values, ["train.lr=3e-4", "eval.context_multipliers=[1, 2]",
+                                   "model.use_decay=false", "data.source=/tmp/x"])
+    assert out["train"]["lr"] == 3e-4 and values["train"]["lr"] == 1.0
+    assert apply_overrides({}, ["train.lr=3e-4"])["train"]["lr"] == 3e-4
+    assert out["eval"]["context_multipliers"] == [1, 2]
+    assert out["model"]["use_decay"] is False and out["data"]["source"] == "/tmp/x"
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["train.lr"])
+    with pytest.raises(ValueError, match="not a section"):
+        apply_overrides({"train": {"lr": 1}}, ["train.lr.x=1"])
+
+
+def test_unknown_keys_and_sections_are_named():
+    with pytest.raises(ValueError, match=r"unknown keys in 'data': \['sorce'\]"):
+        build_dataclass(DataConfig, {"sorce": "x"}, "data")
+    with pytest.raises(ValueError, match=r"unknown config sections \['trian'\]"):
+        check_sections({"trian": {}}, ("train",))
+    with pytest.raises(ValueError, match="unknown TitansConfig keys"):
+        model_config({"preset": "tiny", "hidden": 3}, 256)
+
+
+def test_model_section_takes_the_tokenizer_vocab_and_presets():
+    cfg = model_config({"preset": "small", "variant": "swa", "num_hidden_layers": 2}, 5000)
+    assert (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.variant) == (
+        5000, 256, 2, "swa")
+    assert model_config({"vocab_size": 6000, "hidden_size": 64, "num_heads": 2}, 5000
+                        ).vocab_size == 6000
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        model_config({"vocab_size": 100}, 5000)
+
+
+@pytest.mark.parametrize(("cls", "values", "field"), [
+    (DataConfig, {"source": ""}, "source"),
+    (EvalConfig, {"context_multipliers": [0]}, "context_multipliers"),
+    (EvalConfig, {"max_tokens": 0}, "max_tokens"),
+    (EvalConfig, {"split": "train"}, "split"),
+])
+def test_bad_values_raise(cls, values, field):
+    with pytest.raises(ValueError, match=field):
+        cls(**values)
+
+
+def test_missing_or_unsupported_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_config_file(tmp_path / "nope.yaml")
+    (tmp_path / "a.ini").write_text("x")
+    with pytest.raises(ValueError, match=r"\.yaml, \.yml or \.toml"):
+        read_config_file(tmp_path / "a.ini")

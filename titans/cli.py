@@ -1,0 +1,307 @@
+"""The ``titans`` command: train, eval, generate, info, and compare (the README's main job).
+
+    titans train --config configs/mac-small.yaml --set train.max_steps=200 --out runs/mac
+    titans train --config configs/mac-small.yaml --out runs/mac --resume
+    titans eval --run runs/mac --context-lengths 512 2048
+    titans generate --run runs/mac --prompt "Fellow-Citizens" --max-new-tokens 80
+    titans info --config configs/mac-small.yaml
+    titans compare --config configs/main.yaml
+
+Errors in configs, data or arguments print one line and exit with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from titans.config_files import (
+    DataConfig,
+    EvalConfig,
+    apply_overrides,
+    build_dataclass,
+    check_sections,
+    model_config,
+    read_config_file,
+)
+from titans.io import atomic_save_json
+from titans.models import TitansConfig, count_parameters, match_parameters
+
+DATA_FILE = "data.json"  # a run's data config, next to its checkpoint
+
+
+def _load(args: argparse.Namespace, sections: tuple[str, ...]) -> dict[str, Any]:
+    values = read_config_file(args.config) if args.config else {}
+    values = apply_overrides(values, args.set or [])
+    check_sections(values, sections)
+    return values
+
+
+def _source_name(source: str) -> str:
+    """A cache-safe name for a data source: its base name and a short hash of where it is."""
+    if source.startswith("hf:"):
+        stem = source[3:]
+    else:
+        path = Path(source).expanduser().resolve()
+        source, stem = str(path), path.stem
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem)}-{digest}"
+
+
+def prepare(data: DataConfig) -> tuple[Any, dict[str, Any]]:
+    """Corpus -> tokenizer -> packed token files for train/validation/test (all cached)."""
+    from titans.data import (
+        corpus_from_documents,
+        default_corpus,
+        load_documents,
+        load_tokenizer,
+        prepare_data,
+    )
+
+    if data.source == "default":
+        corpus = default_corpus()
+    else:
+        docs = load_documents(data.source, data.text_field)
+        corpus = corpus_from_documents(_source_name(data.source), docs)
+    tokenizer = load_tokenizer(data.tokenizer, corpus)
+    return tokenizer, prepare_data(corpus, tokenizer)
+
+
+def _vocab_size(data: DataConfig) -> int:
+    """The tokenizer's vocabulary size, without training it when the spec says it."""
+    match = re.fullmatch(r"bpe(?::(\d+))?", data.tokenizer)
+    if match:
+        return int(match.group(1) or 8192)
+    return prepare(data)[0].vocab_size
+
+
+def _context_lengths(eval_cfg: EvalConfig, seq_len: int, given: list[int] | None) -> list[int]:
+    return given or [m * seq_len for m in eval_cfg.context_multipliers]
+
+
+def _print_eval(rows: list[dict]) -> None:
+    print(f"{'context':>8}{'tokens':>10}{'nll':>9}{'ppl':>10}{'bits/byte':>11}")
+    for r in rows:
+        print(f"{r['context_length']:>8}{r['tokens']:>10}{r['nll']:>9.4f}{r['ppl']:>10.2f}"
+              f"{r['bits_per_byte']:>11.4f}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from titans.train import TrainConfig, train
+
+    values = _load(args, ("model", "train", "data", "eval"))
+    data = build_dataclass(DataConfig, values.get("data"), "data")
+    tokenizer, files = prepare(data)
+    model_cfg = model_config(values.get("model"), tokenizer.vocab_size)
+    train_values = dict(values.get("train") or {})
+    if args.out:
+        train_values["out_dir"] = args.out
+    train_cfg = build_dataclass(TrainConfig, train_values, "train")
+    atomic_save_json(dataclasses.asdict(data), Path(train_cfg.out_dir) / DATA_FILE)
+    summary = train(model_cfg, train_cfg, files["train"].tokens, files["validation"].tokens,
+                    resume=args.resume)
+    print(json.dumps(summary, indent=2))
+
+
+def _load_run(run: str) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+    """A trained run: model, its saved configs, tokenizer and token files."""
+    from titans.train import load_checkpoint
+
+    model, saved = load_checkpoint(run)
+    data_file = Path(run) / DATA_FILE
+    if not data_file.is_file():
+        raise ValueError(f"{run} has no {DATA_FILE}: was it trained with `titans train`?")
+    data = DataConfig(**json.loads(data_file.read_text()))
+    tokenizer, files = prepare(data)
+    return model, saved, tokenizer, files
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from titans.evals import evaluate_perplexity
+
+    model, saved, tokenizer, files = _load_run(args.run)
+    eval_cfg = EvalConfig(split=args.split, max_tokens=args.max_tokens)
+    lengths = _context_lengths(eval_cfg, saved["train"]["seq_len"], args.context_lengths)
+    rows = evaluate_perplexity(model, files[args.split].tokens, lengths, decode=tokenizer.decode,
+                               max_tokens=eval_cfg.max_tokens, piece_len=eval_cfg.piece_len)
+    _print_eval(rows)
+    atomic_save_json({"split": args.split, "results": rows}, Path(args.run) / "eval.json")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from titans.evals import generate_text
+
+    model, _, tokenizer, _ = _load_run(args.run)
+    print(args.prompt + generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
+                                      args.temperature, args.top_k, args.top_p, args.seed))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    if args.run:
+        saved = json.loads((Path(args.run) / "config.json").read_text())
+        cfg = TitansConfig.from_dict(saved["model"])
+    else:
+        values = _load(args, ("model", "train", "data", "eval"))
+        model_values = dict(values.get("model") or {})
+        if args.preset:
+            model_values["preset"] = args.preset
+        if args.variant:
+            model_values["variant"] = args.variant
+        data = build_dataclass(DataConfig, values.get("data"), "data")
+        cfg = model_config(model_values, _vocab_size(data))
+    print(json.dumps(cfg.to_dict(), indent=2))
+    total, body = count_parameters(cfg), count_parameters(cfg, exclude_embeddings=True)
+    print(f"parameters: {total:,} ({body:,} without embeddings)")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Train several models on the same data and token budget, evaluate, tabulate, plot."""
+    from titans.evals import evaluate_perplexity, generate_text
+    from titans.plots import plot_loss_curves
+    from titans.train import TRAINER_FILE, TrainConfig, load_checkpoint, read_metrics, train
+
+    start = time.perf_counter()
+    values = _load(args, ("models", "match_parameters", "train", "data", "eval", "sample"))
+    if not isinstance(values.get("models"), dict) or not values["models"]:
+        raise ValueError("compare needs a 'models' section: name -> model settings")
+    data = build_dataclass(DataConfig, values.get("data"), "data")
+    eval_cfg = build_dataclass(EvalConfig, values.get("eval"), "eval")
+    sample = {"prompt": "Fellow-Citizens of the Senate and House of Representatives:",
+              "max_new_tokens": 60, **(values.get("sample") or {})}
+    out = Path(args.out)
+    tokenizer, files = prepare(data)
+    print(f"data ready: {len(files['train']):,} training tokens "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+    configs: dict[str, TitansConfig] = {}
+    for name, section in values["models"].items():
+        configs[name] = model_config(section, tokenizer.vocab_size)
+    if values.get("match_parameters", True):
+        reference = next(iter(configs))
+        target = count_parameters(configs[reference])
+        for name, section in values["models"].items():
+            if name != reference and "intermediate_size" not in (section or {}):
+                configs[name] = match_parameters(configs[name], target)
+
+    results = []
+    for name, cfg in configs.items():
+        train_cfg = build_dataclass(
+            TrainConfig, {**(values.get("train") or {}), "out_dir": str(out / name)}, "train")
+        print(f"\n== {name}: {cfg.variant}, {count_parameters(cfg):,} parameters", flush=True)
+        atomic_save_json(dataclasses.asdict(data), out / name / DATA_FILE)
+        resume = args.resume and (out / name / TRAINER_FILE).is_file()
+        summary = train(cfg, train_cfg, files["train"].tokens, files["validation"].tokens,
+                        resume=resume)
+        if not summary.get("tokens_per_s"):
+            # A resumed run that had already finished trained nothing in this session.
+            speeds = [r["tokens_per_s"] for r in read_metrics(out / name / "metrics.jsonl")
+                      if "tokens_per_s" in r][1:]
+            summary["tokens_per_s"] = sum(speeds) / len(speeds) if speeds else float("nan")
+        model, _ = load_checkpoint(out / name)
+        lengths = _context_lengths(eval_cfg, train_cfg.seq_len, None)
+        rows = evaluate_perplexity(model, files[eval_cfg.split].tokens, lengths,
+                                   decode=tokenizer.decode, max_tokens=eval_cfg.max_tokens,
+                                   piece_len=eval_cfg.piece_len)
+        _print_eval(rows)
+        text = generate_text(model, tokenizer, sample["prompt"], sample["max_new_tokens"])
+        results.append({"name": name, "variant": cfg.variant,
+                        "parameters": count_parameters(cfg), "train": summary, "eval": rows,
+                        "sample": sample["prompt"] + text})
+
+    plot_loss_curves({r["name"]: out / r["name"] / "metrics.jsonl" for r in results},
+                     out / "loss_curves.png", title="training on the default corpus")
+    report = {"data": dataclasses.asdict(data), "results": results,
+              "wall_time_s": time.perf_counter() - start}
+    atomic_save_json(report, out / "results.json")
+    print_comparison(results, eval_cfg.split)
+    print(f"\nloss curves: {out / 'loss_curves.png'}; results: {out / 'results.json'}; "
+          f"total {report['wall_time_s'] / 60:.1f} min")
+
+
+def print_comparison(results: list[dict], split: str) -> None:
+    """The side-by-side table of the main job, then each model's sample."""
+    lengths = [r["context_length"] for r in results[0]["eval"]]
+    head = f"{'model':<14}{'params':>9}{'train tok/s':>13}{'val ppl':>9}"
+    head += "".join(f"{'bpb@' + str(n):>11}" for n in lengths)
+    print(f"\n{split} bits-per-byte at each context length (tokens); val ppl at the end of "
+          "training\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        val = r["train"].get("final_val_loss")
+        ppl = f"{math.exp(val):.2f}" if val is not None else "-"
+        row = (f"{r['name']:<14}{r['parameters'] / 1e6:>8.2f}M"
+               f"{r['train']['tokens_per_s']:>13.0f}{ppl:>9}")
+        print(row + "".join(f"{e['bits_per_byte']:>11.4f}" for e in r["eval"]))
+    for r in results:
+        print(f"\n-- sample from {r['name']} (temperature 0.8, top-k 50):\n{r['sample']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="titans", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML or TOML config file (see configs/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr=1e-3 (repeatable)")
+
+    p = sub.add_parser("train", help="train a model")
+    config_args(p)
+    p.add_argument("--out", help="run directory (overrides train.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="perplexity and bits-per-byte of a trained run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--context-lengths", type=int, nargs="+",
+                   help="tokens per evaluated context (default: 1x and 4x the training length)")
+    p.add_argument("--max-tokens", type=int, default=65536, help="scored tokens per length")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="a config and its parameter count")
+    config_args(p)
+    p.add_argument("--run", help="a trained run instead of a config")
+    p.add_argument("--preset", help="tiny, small, 170M, 340M, 760M, 1.3B")
+    p.add_argument("--variant", help="mac, mag, mal, lmm, transformer, swa")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("compare", help="train models side by side (the README's main job)")
+    config_args(p)
+    p.add_argument("--out", default="runs/main", help="directory for the runs and the report")
+    p.add_argument("--resume", action="store_true",
+                   help="continue (or just re-evaluate) runs already in --out")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from titans.data import DataUnavailableError
+
+    try:
+        args.func(args)
+    except (ValueError, DataUnavailableError, FileNotFoundError, FileExistsError) as e:
+        print(f"titans {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Run configuration files (YAML or TOML) mapped onto the typed config dataclasses.
+
+A file has sections ``model`` (TitansConfig fields, plus ``preset``), ``train`` (TrainConfig),
+``data`` (DataConfig) and ``eval`` (EvalConfig); the comparison job has ``models`` (name ->
+model section) instead of ``model``, plus ``match_parameters`` and ``sample``. Command-line
+``--set section.key=value`` overrides any value; values are parsed as YAML (``3e-3``, ``true``,
+``[512, 2048]``). Unknown sections or keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from titans.models.config import TitansConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-3`` (no dot) as a string; read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is tokenized (see ``titans.data``)."""
+
+    # "default" (the embedded corpus), a file, folder, .jsonl or .parquet, or hf:<name>
+    source: str = "default"
+    # "bpe[:vocab]" (trained on the corpus), a tokenizer.json, a SentencePiece .model, "mistral"
+    tokenizer: str = "bpe:8192"
+    text_field: str = "text"  # JSONL / Parquet / HF column holding the text
+
+    def __post_init__(self) -> None:
+        for name in ("source", "tokenizer", "text_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"data.{name} must be a non-empty string")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: perplexity and bits-per-byte at multiples of the training length."""
+
+    context_multipliers: list[int] = field(default_factory=lambda: [1, 4])
+    max_tokens: int = 65536  # scored tokens per context length (whole windows)
+    piece_len: int = 1024  # tokens per streamed piece
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if not self.context_multipliers or not all(
+            isinstance(m, int) and not isinstance(m, bool) and m >= 1
+            for m in self.context_multipliers
+        ):
+            raise ValueError(f"eval.context_multipliers must be ints >= 1: "
+                             f"{self.context_multipliers!r}")
+        for name in ("max_tokens", "piece_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"eval.{name} must be an int >= 1, got {value!r}")
+        if self.split not in ("validation", "test"):
+            raise ValueError(f"eval.split must be 'validation' or 'test', got {self.split!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a .yaml/.yml or .toml file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    if path.suffix in (".yaml", ".yml"):
+        values = parse_yaml(path.read_text()) or {}
+    elif path.suffix == ".toml":
+        values = tomllib.loads(path.read_text())
+    else:
+        raise ValueError(f"config file {path} must end in .yaml, .yml or .toml")
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections")
+    return values
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (dotted paths of any depth) to a nested dict."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value (e.g. train.lr=1e-3), got {item!r}")
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section")
+        node[leaf] = parse_yaml(raw)
+    return values
+
+
+def build_dataclass(cls: type, values: dict[str, Any] | None, section: str) -> Any:
+    """``cls(**values)`` with a clear error for unknown keys."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"section {section!r} must be a mapping, got {values!r}")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown keys in {section!r}: {unknown}; valid keys: {sorted(known)}")
+    return cls(**values)
+
+
+def model_config(values: dict[str, Any] | None, vocab_size: int) -> TitansConfig:
+    """A model section (optionally naming a ``preset``) -> TitansConfig for a tokenizer's vocab.
+
+    ``vocab_size`` defaults to the tokenizer's; a smaller explicit value is an error (ids would
+    fall outside the embedding), a larger one is allowed (e.g. padded to a multiple of 64).
+    """
+    values = dict(values or {})
+    preset = values.pop("preset", None)
+    values.setdefault("vocab_size", vocab_size)
+    if values["vocab_size"] < vocab_size:
+        raise ValueError(
+            f"model.vocab_size {values['vocab_size']} is smaller than the tokenizer's {vocab_size}"
+        )
+    if preset is None:
+        return TitansConfig.from_dict(values)
+    return TitansConfig.from_preset(preset, values.pop("variant", "mac"), **values)
+
+
+def check_sections(values: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown config sections {unknown}; valid sections: {list(allowed)}")
