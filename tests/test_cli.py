@@ -65,9 +65,10 @@ def test_train_resume_eval_generate_info(tmp_path, docs, capsys):
     assert f"parameters: {count_parameters(cfg):,}" in out and cfg.vocab_size == 300
 
 
-def test_info_from_a_preset_needs_no_data(capsys):
-    main(["info", "--preset", "small", "--variant", "lmm"])
-    expected = count_parameters(TitansConfig.from_preset("small", "lmm"))
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_info_from_a_preset_needs_no_data(capsys, preset):
+    main(["info", "--preset", preset, "--variant", "lmm"])
+    expected = count_parameters(TitansConfig.from_preset(preset, "lmm"))
     assert f"parameters: {expected:,}" in capsys.readouterr().out
 
 

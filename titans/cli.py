@@ -148,6 +148,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.run:
         saved = json.loads((Path(args.run) / "config.json").read_text())
         cfg = TitansConfig.from_dict(saved["model"])
+    elif args.preset and not args.config:  # a preset as it is, its own vocabulary included
+        cfg = TitansConfig.from_preset(args.preset, args.variant or "mac")
     else:
         values = _load(args, ("model", "train", "data", "eval"))
         model_values = dict(values.get("model") or {})
