@@ -32,7 +32,7 @@ from titans.config_files import (
     model_config,
     read_config_file,
 )
-from titans.io import atomic_save_json
+from titans.io import atomic_save_json, safe_filename
 from titans.models import TitansConfig, count_parameters, match_parameters
 
 DATA_FILE = "data.json"  # a run's data config, next to its checkpoint
@@ -53,7 +53,7 @@ def _source_name(source: str) -> str:
         path = Path(source).expanduser().resolve()
         source, stem = str(path), path.stem
     digest = hashlib.sha256(source.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', stem)}-{digest}"
+    return f"{safe_filename(stem)}-{digest}"
 
 
 def prepare(data: DataConfig) -> tuple[Any, dict[str, Any]]:
