@@ -123,7 +123,9 @@ class TitansLM(nn.Module):
                 f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
                 f"{tuple(input_ids.shape)}"
             )
-        if input_ids.numel() and (
+        # The range check reads values back from the device, which torch.compile cannot trace
+        # (a graph break per call): compiled training skips it.
+        if input_ids.numel() and not torch.compiler.is_compiling() and (
             int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size
         ):
             raise ValueError(
