@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
-    except (ValueError, DataUnavailableError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, DataUnavailableError, FileNotFoundError, FileExistsError,
+            FloatingPointError) as e:  # FloatingPointError: training diverged (message says how)
         print(f"titans {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
