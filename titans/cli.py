@@ -26,6 +26,7 @@ from typing import Any
 from titans.config_files import (
     DataConfig,
     EvalConfig,
+    TaskConfig,
     apply_overrides,
     build_dataclass,
     check_sections,
@@ -56,22 +57,23 @@ def _source_name(source: str) -> str:
     return f"{safe_filename(stem)}-{digest}"
 
 
-def prepare(data: DataConfig) -> tuple[Any, dict[str, Any]]:
-    """Corpus -> tokenizer -> packed token files for train/validation/test (all cached)."""
-    from titans.data import (
-        corpus_from_documents,
-        default_corpus,
-        load_documents,
-        load_tokenizer,
-        prepare_data,
-    )
+def load_corpus(data: DataConfig) -> tuple[Any, Any]:
+    """The data config's corpus (split by document) and tokenizer (both cached)."""
+    from titans.data import corpus_from_documents, default_corpus, load_documents, load_tokenizer
 
     if data.source == "default":
         corpus = default_corpus()
     else:
         docs = load_documents(data.source, data.text_field)
         corpus = corpus_from_documents(_source_name(data.source), docs)
-    tokenizer = load_tokenizer(data.tokenizer, corpus)
+    return corpus, load_tokenizer(data.tokenizer, corpus)
+
+
+def prepare(data: DataConfig) -> tuple[Any, dict[str, Any]]:
+    """Corpus -> tokenizer -> packed token files for train/validation/test (all cached)."""
+    from titans.data import prepare_data
+
+    corpus, tokenizer = load_corpus(data)
     return tokenizer, prepare_data(corpus, tokenizer)
 
 
@@ -165,23 +167,38 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    """Train several models on the same data and token budget, evaluate, tabulate, plot."""
+    """Train several models on the same data and token budget, evaluate, tabulate, plot.
+
+    With a ``task`` section the models are fine-tuned on long-context tasks instead of language
+    modelling, and evaluated by answer accuracy at the training length."""
     from titans.evals import evaluate_perplexity, generate_text
+    from titans.evals.tasks import TaskBatches
     from titans.plots import plot_loss_curves
     from titans.train import TRAINER_FILE, TrainConfig, load_checkpoint, read_metrics, train
 
     start = time.perf_counter()
-    values = _load(args, ("models", "match_parameters", "train", "data", "eval", "sample"))
+    values = _load(args, ("models", "match_parameters", "train", "data", "eval", "sample",
+                          "task"))
     if not isinstance(values.get("models"), dict) or not values["models"]:
         raise ValueError("compare needs a 'models' section: name -> model settings")
     data = build_dataclass(DataConfig, values.get("data"), "data")
     eval_cfg = build_dataclass(EvalConfig, values.get("eval"), "eval")
+    task_cfg = build_dataclass(TaskConfig, values["task"], "task") if "task" in values else None
     sample = {"prompt": "Fellow-Citizens of the Senate and House of Representatives:",
               "max_new_tokens": 60, **(values.get("sample") or {})}
     out = Path(args.out)
-    tokenizer, files = prepare(data)
-    print(f"data ready: {len(files['train']):,} training tokens "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    if task_cfg is None:
+        tokenizer, files = prepare(data)
+        train_data, val_data = files["train"].tokens, files["validation"].tokens
+        print(f"data ready: {len(files['train']):,} training tokens "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    else:
+        tokenizer, generators = _task_generators(data)
+        train_data, val_data = (
+            TaskBatches(generators[split], task_cfg.tasks, task_cfg.weights,
+                        task_cfg.score_context) for split in ("train", "validation"))
+        print(f"task data ready: {', '.join(task_cfg.tasks)} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
 
     configs: dict[str, TitansConfig] = {}
     for name, section in values["models"].items():
@@ -200,32 +217,90 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(f"\n== {name}: {cfg.variant}, {count_parameters(cfg):,} parameters", flush=True)
         atomic_save_json(dataclasses.asdict(data), out / name / DATA_FILE)
         resume = args.resume and (out / name / TRAINER_FILE).is_file()
-        summary = train(cfg, train_cfg, files["train"].tokens, files["validation"].tokens,
-                        resume=resume)
+        summary = train(cfg, train_cfg, train_data, val_data, resume=resume)
         if not summary.get("tokens_per_s"):
             # A resumed run that had already finished trained nothing in this session.
             speeds = [r["tokens_per_s"] for r in read_metrics(out / name / "metrics.jsonl")
                       if "tokens_per_s" in r][1:]
             summary["tokens_per_s"] = sum(speeds) / len(speeds) if speeds else float("nan")
         model, _ = load_checkpoint(out / name)
-        lengths = _context_lengths(eval_cfg, train_cfg.seq_len, None)
-        rows = evaluate_perplexity(model, files[eval_cfg.split].tokens, lengths,
-                                   decode=tokenizer.decode, max_tokens=eval_cfg.max_tokens,
-                                   piece_len=eval_cfg.piece_len)
-        _print_eval(rows)
-        text = generate_text(model, tokenizer, sample["prompt"], sample["max_new_tokens"])
-        results.append({"name": name, "variant": cfg.variant,
-                        "parameters": count_parameters(cfg), "train": summary, "eval": rows,
-                        "sample": sample["prompt"] + text})
+        result = {"name": name, "variant": cfg.variant, "parameters": count_parameters(cfg),
+                  "train": summary}
+        if task_cfg is None:
+            lengths = _context_lengths(eval_cfg, train_cfg.seq_len, None)
+            result["eval"] = evaluate_perplexity(
+                model, files[eval_cfg.split].tokens, lengths, decode=tokenizer.decode,
+                max_tokens=eval_cfg.max_tokens, piece_len=eval_cfg.piece_len)
+            _print_eval(result["eval"])
+            text = generate_text(model, tokenizer, sample["prompt"], sample["max_new_tokens"])
+            result["sample"] = sample["prompt"] + text
+        else:
+            result["accuracy"] = _task_accuracy(model, generators["test"], task_cfg,
+                                                train_cfg.seq_len)
+            print("accuracy at the training length: " + ", ".join(
+                f"{t} {a:.2f}" for t, a in result["accuracy"].items()), flush=True)
+        results.append(result)
 
     plot_loss_curves({r["name"]: out / r["name"] / "metrics.jsonl" for r in results},
-                     out / "loss_curves.png", title="training on the default corpus")
+                     out / "loss_curves.png",
+                     title="training on the default corpus" if task_cfg is None else
+                     "fine-tuning on long-context tasks (loss on the answers)")
     report = {"data": dataclasses.asdict(data), "results": results,
               "wall_time_s": time.perf_counter() - start}
+    if task_cfg is not None:
+        report["task"] = dataclasses.asdict(task_cfg)
     atomic_save_json(report, out / "results.json")
-    print_comparison(results, eval_cfg.split)
+    if task_cfg is None:
+        print_comparison(results, eval_cfg.split)
+    else:
+        print_task_comparison(results)
     print(f"\nloss curves: {out / 'loss_curves.png'}; results: {out / 'results.json'}; "
           f"total {report['wall_time_s'] / 60:.1f} min")
+
+
+def _task_generators(data: DataConfig) -> tuple[Any, dict[str, Any]]:
+    """Tokenizer and task generators over the corpus's prose: ``train`` (training split, for
+    fine-tuning), ``validation`` (its loss during training) and ``test`` (validation + test
+    documents: the held-out prose every evaluation item is cut from)."""
+    from titans.evals.tasks import TaskGenerator
+
+    corpus, tokenizer = load_corpus(data)
+    texts = {split: [d.text for d in corpus.split(split)] for split in ("train", "validation",
+                                                                        "test")}
+    return tokenizer, {
+        "train": TaskGenerator(tokenizer, texts["train"]),
+        "validation": TaskGenerator(tokenizer, texts["validation"]),
+        "test": TaskGenerator(tokenizer, texts["validation"] + texts["test"]),
+    }
+
+
+def _task_accuracy(model: Any, generator: Any, task_cfg: TaskConfig, length: int
+                   ) -> dict[str, float]:
+    """Answer accuracy per task at one context length, over depths and items (held-out prose)."""
+    from titans.evals.long_context import evaluate_task
+    from titans.evals.tasks import NEEDLE_TASKS
+
+    accuracy = {}
+    for task in task_cfg.tasks:
+        depths = task_cfg.eval_depths if task in NEEDLE_TASKS else None
+        rows = evaluate_task(model, generator, task, [length], depths, task_cfg.eval_items)
+        accuracy[task] = sum(r["correct"] for r in rows) / sum(r["items"] for r in rows)
+    return accuracy
+
+
+def print_task_comparison(results: list[dict]) -> None:
+    """The side-by-side table of a task fine-tuning comparison."""
+    tasks = list(results[0]["accuracy"])
+    head = f"{'model':<14}{'params':>9}{'train tok/s':>13}{'val loss':>10}"
+    head += "".join(f"{t:>7}" for t in tasks)
+    print("\nanswer accuracy at the training length (held-out prose)\n" + head + "\n"
+          + "-" * len(head))
+    for r in results:
+        val = r["train"].get("final_val_loss")
+        row = (f"{r['name']:<14}{r['parameters'] / 1e6:>8.2f}M"
+               f"{r['train']['tokens_per_s']:>13.0f}"
+               f"{'-' if val is None else format(val, '.4f'):>10}")
+        print(row + "".join(f"{r['accuracy'][t]:>7.2f}" for t in tasks))
 
 
 def print_comparison(results: list[dict], split: str) -> None:

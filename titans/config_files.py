@@ -2,7 +2,8 @@
 
 A file has sections ``model`` (TitansConfig fields, plus ``preset``), ``train`` (TrainConfig),
 ``data`` (DataConfig) and ``eval`` (EvalConfig); the comparison job has ``models`` (name ->
-model section) instead of ``model``, plus ``match_parameters`` and ``sample``. Command-line
+model section) instead of ``model``, plus ``match_parameters`` and ``sample``, and optionally
+``task`` (TaskConfig: fine-tune on long-context tasks instead of language modelling). Command-line
 ``--set section.key=value`` overrides any value; values are parsed as YAML (``3e-3``, ``true``,
 ``[512, 2048]``). Unknown sections or keys are errors that list the valid ones.
 """
@@ -79,6 +80,41 @@ class EvalConfig:
                 raise ValueError(f"eval.{name} must be an int >= 1, got {value!r}")
         if self.split not in ("validation", "test"):
             raise ValueError(f"eval.split must be 'validation' or 'test', got {self.split!r}")
+
+
+@dataclass
+class TaskConfig:
+    """Fine-tuning on long-context tasks instead of language modelling (``titans.evals.tasks``):
+    training rows are task items of ``train.seq_len`` tokens over training-split prose, scored on
+    the answer (or everywhere with ``score_context``); after training, the answer accuracy at the
+    training length is measured on held-out prose at ``eval_depths`` with ``eval_items`` items."""
+
+    tasks: list[str] = field(default_factory=lambda: ["niah1", "niah2", "niah3", "qa1", "qa2",
+                                                      "qa3", "qa4", "qa5"])
+    weights: list[float] | None = None  # relative frequency of each task (None: uniform)
+    score_context: bool = False
+    eval_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    eval_items: int = 8
+
+    def __post_init__(self) -> None:
+        from titans.evals.tasks import TASKS
+
+        if not self.tasks or any(t not in TASKS for t in self.tasks):
+            raise ValueError(f"task.tasks must be a non-empty list of {TASKS}, got {self.tasks!r}")
+        if self.weights is not None and (len(self.weights) != len(self.tasks) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                for w in self.weights)):
+            raise ValueError(f"task.weights must be one number > 0 per task, got {self.weights!r}")
+        if not isinstance(self.score_context, bool):
+            raise ValueError(f"task.score_context must be a bool, got {self.score_context!r}")
+        if not self.eval_depths or not all(
+            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1
+            for d in self.eval_depths
+        ):
+            raise ValueError(f"task.eval_depths must be numbers in [0, 1]: {self.eval_depths!r}")
+        if isinstance(self.eval_items, bool) or not isinstance(self.eval_items, int) or (
+                self.eval_items < 1):
+            raise ValueError(f"task.eval_items must be an int >= 1, got {self.eval_items!r}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Training: one readable loop from setup to checkpoint, single-process or data parallel.
 
-``train`` reads top to bottom: setup (devices, seeds, resume), data (``get_batch``, a pure
-function of the step), model, optimizer (AdamW, warmup + cosine), the loop (gradient
-accumulation, clipping), evaluation and checkpoints. A run resumed from its checkpoint continues
-bit for bit like one that was never interrupted: the batches depend only on the step, and the
-checkpoint holds the weights, the optimizer state and every RNG state.
+``train`` reads top to bottom: setup (devices, seeds, resume), data (``get_batch`` or another
+``BatchSource``, a pure function of the step), model, optimizer (AdamW, warmup + cosine), the
+loop (gradient accumulation, clipping), evaluation and checkpoints. A run resumed from its
+checkpoint continues bit for bit like one that was never interrupted: the batches depend only on
+the step, and the checkpoint holds the weights, the optimizer state and every RNG state.
 
 Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored once, as the
 embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import safetensors.torch
@@ -52,6 +52,31 @@ METRICS_FILE = "metrics.jsonl"
 STAGING_DIR = ".checkpoint-staging"
 
 DTYPES = ("auto", "float32", "bfloat16")
+
+
+class BatchSource(Protocol):
+    """Where training batches come from when they are not windows of one token stream (e.g.
+    :class:`titans.evals.tasks.TaskBatches`). Must be a pure function of its arguments, like
+    :func:`get_batch`, so that a resumed run sees the data of an uninterrupted one.
+
+    Returns ``(input_ids, labels)``, both [batch_size, seq_len] int64; ``labels[:, t]`` is the
+    target of position t - 1 (as in :meth:`TitansLM.forward`), -100 where nothing is scored.
+    """
+
+    def __call__(
+        self, seq_len: int, batch_size: int, step: int, seed: int, rank: int, world_size: int
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+def _token_batches(tokens: np.ndarray) -> BatchSource:
+    """The language-modelling source of a token stream: ``get_batch`` rows, scored everywhere."""
+
+    def source(seq_len: int, batch_size: int, step: int, seed: int, rank: int,
+               world_size: int) -> tuple[Tensor, Tensor]:
+        batch = get_batch(tokens, seq_len, batch_size, step, seed, rank, world_size)
+        return batch, batch
+
+    return source
 
 
 @dataclass
@@ -253,18 +278,20 @@ class _Progress:
 def train(
     model_config: TitansConfig,
     train_config: TrainConfig,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray | None = None,
+    train_tokens: np.ndarray | BatchSource,
+    val_tokens: np.ndarray | BatchSource | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
 
-    train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap); without
-    val_tokens there is no evaluation. resume: continue exactly from the checkpoint in out_dir
-    (``FileNotFoundError`` if there is none, ``ValueError`` if it was trained with another model
-    config, sequence length, global batch or optimizer hyperparameters; ``max_steps`` and
-    ``max_tokens`` may change, to extend a run). Without resume, an out_dir that already holds a
-    checkpoint is refused (``FileExistsError``) rather than overwritten.
+    train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap), cut by
+    :func:`get_batch` and scored at every position, or a :class:`BatchSource` (e.g. task items
+    scored only at their answers); without val_tokens there is no evaluation. resume: continue
+    exactly from the checkpoint in out_dir (``FileNotFoundError`` if there is none, ``ValueError``
+    if it was trained with another model config, sequence length, global batch or optimizer
+    hyperparameters; ``max_steps`` and ``max_tokens`` may change, to extend a run). Without
+    resume, an out_dir that already holds a checkpoint is refused (``FileExistsError``) rather
+    than overwritten.
 
     Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
     and saves. Returns the summary ``{"steps", "tokens", "final_train_loss", "final_val_loss",
@@ -275,12 +302,13 @@ def train(
         raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    _check_tokens("train_tokens", train_tokens, train_config.seq_len)
+    train_source = _batch_source("train_tokens", train_tokens, train_config.seq_len)
+    val_source = None
     if val_tokens is not None:
-        _check_tokens("val_tokens", val_tokens, train_config.seq_len)
+        val_source = _batch_source("val_tokens", val_tokens, train_config.seq_len)
     env = distributed.setup(train_config.device)
     try:
-        return _train(model_config, train_config, train_tokens, val_tokens, resume, env)
+        return _train(model_config, train_config, train_source, val_source, resume, env)
     finally:
         distributed.teardown(env)
 
@@ -288,8 +316,8 @@ def train(
 def _train(
     model_config: TitansConfig,
     cfg: TrainConfig,
-    train_tokens: np.ndarray,
-    val_tokens: np.ndarray | None,
+    train_source: BatchSource,
+    val_source: BatchSource | None,
     resume: bool,
     env: DistEnv,
 ) -> dict[str, Any]:
@@ -360,16 +388,17 @@ def _train(
 
         loss_sum = torch.zeros((), device=env.device)
         for micro in range(cfg.grad_accum):
-            batch = get_batch(
-                train_tokens, cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
+            batch, labels = (t.to(env.device) for t in train_source(
+                cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
                 cfg.seed, env.rank, env.world_size,
-            ).to(env.device)
+            ))
             # DDP averages gradients over processes only on the last micro-batch's backward.
             last_micro = micro == cfg.grad_accum - 1
             sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
             with sync:
                 with torch.autocast(env.device.type, amp_dtype, enabled=amp_dtype is not None):
-                    loss = step_model(batch, labels=batch).loss / cfg.grad_accum
+                    loss = step_model(batch, labels=labels, return_logits=False).loss
+                    loss = loss / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         # Clip to grad_clip, or with an infinite bound (0 = off) just to measure the norm.
@@ -415,8 +444,8 @@ def _train(
         bar.update(1)
 
         # ---- eval
-        if val_tokens is not None and (progress.step % cfg.eval_every == 0 or last_step):
-            val_loss = _evaluate(eval_model, val_tokens, cfg, env, amp_dtype)
+        if val_source is not None and (progress.step % cfg.eval_every == 0 or last_step):
+            val_loss = _evaluate(eval_model, val_source, cfg, env, amp_dtype)
             progress.final_val_loss = val_loss
             if progress.best_val_loss is None or val_loss < progress.best_val_loss:
                 progress.best_val_loss = val_loss
@@ -463,26 +492,26 @@ def _train(
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
-    tokens: np.ndarray,
+    source: BatchSource,
     cfg: TrainConfig,
     env: DistEnv,
     amp_dtype: torch.dtype | None = None,
 ) -> float:
-    """Mean next-token loss on ``cfg.eval_batches`` batches of ``tokens``, in eval mode.
+    """Mean loss on ``cfg.eval_batches`` batches of ``source``, in eval mode.
 
-    The batches are always batches 0..eval_batches-1 of ``get_batch`` (independent of training
-    progress), so every evaluation of a run scores the same sequences; each process scores its
-    rows and the mean is taken over all of them.
+    The batches are always batches 0..eval_batches-1 (independent of training progress), so
+    every evaluation of a run scores the same sequences; each process scores its rows and the mean
+    is taken over all of them.
     """
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=env.device)
     for i in range(cfg.eval_batches):
-        batch = get_batch(
-            tokens, cfg.seq_len, cfg.batch_size, i, cfg.seed, env.rank, env.world_size
-        ).to(env.device)
+        batch, labels = (t.to(env.device) for t in source(
+            cfg.seq_len, cfg.batch_size, i, cfg.seed, env.rank, env.world_size
+        ))
         with torch.autocast(env.device.type, amp_dtype, enabled=amp_dtype is not None):
-            total += model(batch, labels=batch).loss.float()
+            total += model(batch, labels=labels, return_logits=False).loss.float()
     model.train(was_training)
     return distributed.all_reduce_mean(total / cfg.eval_batches, env).item()
 
@@ -495,13 +524,17 @@ def _check_token_array(name: str, tokens: Any) -> None:
         )
 
 
-def _check_tokens(name: str, tokens: Any, seq_len: int) -> None:
-    """Fail before any setup on a token stream ``get_batch`` could not cut."""
+def _batch_source(name: str, tokens: Any, seq_len: int) -> BatchSource:
+    """A callable source as it is; a token stream checked (before any setup, so a stream
+    ``get_batch`` could not cut fails early) and wrapped by :func:`_token_batches`."""
+    if callable(tokens):
+        return tokens
     _check_token_array(name, tokens)
     if len(tokens) < seq_len + 1:
         raise ValueError(
             f"{name} has {len(tokens)} tokens; seq_len {seq_len} needs at least {seq_len + 1}"
         )
+    return _token_batches(tokens)
 
 
 def _seed_everything(seed: int) -> None:

@@ -54,10 +54,11 @@ class TitansState:
 
 @dataclass
 class TitansOutput:
-    """logits: [B, T, V] (or the last ``logits_to_keep`` positions); loss: mean next-token
-    cross-entropy if labels were given; state: the state after the input."""
+    """logits: [B, T, V] (or the last ``logits_to_keep`` positions; None with
+    ``return_logits=False``); loss: mean next-token cross-entropy if labels were given; state:
+    the state after the input."""
 
-    logits: Tensor
+    logits: Tensor | None
     loss: Tensor | None
     state: TitansState
 
@@ -111,12 +112,15 @@ class TitansLM(nn.Module):
         state: TitansState | None = None,
         labels: Tensor | None = None,
         logits_to_keep: int = 0,
+        return_logits: bool = True,
     ) -> TitansOutput:
         """input_ids: [B, T] token ids; state: from an earlier call (None: a new stream).
 
         labels: [B, T] ids aligned with input_ids (usually input_ids itself); the loss predicts
         labels[:, t + 1] from position t, ignoring -100. logits_to_keep: compute logits only for
-        the last this many positions (0 = all).
+        the last this many positions (0 = all). return_logits=False (with labels): run the LM
+        head only where a label is scored and return no logits; the same loss, much cheaper when
+        few positions are scored (e.g. only answers) since the head is a large share of the work.
         """
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(
@@ -136,6 +140,8 @@ class TitansLM(nn.Module):
             raise ValueError(f"labels {tuple(labels.shape)} must match input_ids")
         if labels is not None and logits_to_keep:
             raise ValueError("labels need the logits of every position: use logits_to_keep=0")
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False only makes sense with labels (for the loss)")
         b, t_len = input_ids.shape
         if state is None:
             state = self.init_state(b)
@@ -150,12 +156,17 @@ class TitansLM(nn.Module):
             x, layer_state = layer(x, state.position, layer_state)
             layer_states.append(layer_state)
         x = self.norm(x)
-        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
-        loss = None
+        logits, loss = None, None
+        if return_logits:
+            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            targets = labels[:, 1:].flatten()
+            if logits is not None:
+                scores = logits[:, :-1].flatten(0, 1)
+            else:
+                scored = targets != -100
+                scores, targets = self.lm_head(x[:, :-1].flatten(0, 1)[scored]), targets[scored]
+            loss = F.cross_entropy(scores.float(), targets, ignore_index=-100)
         return TitansOutput(logits, loss, TitansState(layer_states, state.position + t_len, b))
 
     @torch.no_grad()

@@ -1,0 +1,186 @@
+"""Accuracy of a model on long-context tasks, streaming each context with carried state.
+
+A context of any length is fed in pieces of ``piece_len`` tokens (only the last position's logits
+are computed), then the answer is decoded greedily one token at a time from the carried state and
+scored by exact match (:func:`titans.evals.tasks.score`). Items of one length are batched, so
+every row of a batch has the same number of tokens. Memory is constant in the context length for
+every variant but the full-attention baseline, whose KV cache grows with it: that one is skipped
+above ``max_full_attention_length`` and reported as not evaluated.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from titans.evals.tasks import NEEDLE_TASKS, TaskGenerator, TaskItem, score
+from titans.models.lm import TitansLM
+
+
+class PeakMemory:
+    """Peak memory of a ``with`` block, in MiB (``.peak_mib`` after the block).
+
+    On CUDA: the caching allocator's peak of allocated tensor memory (``kind="cuda_allocated"``).
+    Elsewhere: the process's peak resident set size (``kind="rss"``), sampled every
+    ``interval`` seconds from ``/proc/self/statm`` by a thread; where there is no ``/proc`` it
+    falls back to ``getrusage``'s lifetime maximum (``kind="max_rss"``), which cannot go down
+    between blocks.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+        self.device, self.interval = device, interval
+        self.peak_mib = 0.0
+        self.kind = "cuda_allocated" if device.type == "cuda" else (
+            "rss" if Path("/proc/self/statm").exists() else "max_rss")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.kind == "cuda_allocated":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.kind == "rss":
+            self.peak_mib = _rss_mib()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "cuda_allocated":
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.kind == "rss":
+            self._stop.set()
+            assert self._thread is not None
+            self._thread.join()
+            self.peak_mib = max(self.peak_mib, _rss_mib())
+        else:
+            # ru_maxrss is in KiB on Linux and bytes on macOS.
+            scale = 2**20 if sys.platform == "darwin" else 2**10
+            self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mib = max(self.peak_mib, _rss_mib())
+
+
+def _rss_mib() -> float:
+    """Resident set size of this process (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+@torch.no_grad()
+def answer_items(
+    model: TitansLM, items: Sequence[TaskItem], piece_len: int = 2048
+) -> list[list[int]]:
+    """Greedy continuation of each item's context: ``len(item.answer_ids)`` new token ids each.
+
+    The items must share one length; they run side by side as a [len(items), length] stream.
+    """
+    if not items:
+        return []
+    lengths = {item.length for item in items}
+    if len(lengths) != 1:
+        raise ValueError(f"items of one batch must share a length, got {sorted(lengths)}")
+    if isinstance(piece_len, bool) or not isinstance(piece_len, int) or piece_len < 1:
+        raise ValueError(f"piece_len must be an int >= 1, got {piece_len!r}")
+    device = next(model.parameters()).device
+    contexts = np.stack([item.input_ids for item in items])  # [B, L]
+    state, out = None, None
+    for start in range(0, contexts.shape[1], piece_len):
+        piece = torch.from_numpy(contexts[:, start:start + piece_len]).to(device)
+        out = model(piece, state, logits_to_keep=1)
+        state = out.state
+    assert out is not None
+    steps = max(len(item.answer_ids) for item in items)
+    new = []
+    for step in range(steps):
+        token = out.logits[:, -1].argmax(-1)
+        new.append(token)
+        if step + 1 < steps:
+            out = model(token[:, None], out.state, logits_to_keep=1)
+    generated = torch.stack(new, 1).tolist()
+    return [row[:len(item.answer_ids)] for row, item in zip(generated, items, strict=True)]
+
+
+def evaluate_task(
+    model: TitansLM,
+    generator: TaskGenerator,
+    task: str,
+    lengths: Sequence[int],
+    depths: Sequence[float] | None = None,
+    num_items: int = 4,
+    seed: int = 0,
+    batch_size: int = 8,
+    piece_len: int = 2048,
+    max_full_attention_length: int | None = 65536,
+) -> list[dict[str, Any]]:
+    """Accuracy of ``model`` on ``task`` at every (length, depth).
+
+    depths: needle depths in [0, 1] (needle tasks; required); must be None for bAbI tasks.
+    num_items: items per (length, depth) cell, rendered by ``generator`` with ``seed``.
+    max_full_attention_length: the full-attention baseline's KV cache grows with the context, so
+        longer contexts are not run for it (None: run every length).
+
+    Returns one row per cell, in order: ``task``, ``length``, ``depth`` (None for bAbI), ``items``,
+    ``correct``, ``accuracy`` (None if not evaluated), ``tokens_per_s`` (context tokens of the
+    whole length, all its cells, per second), ``peak_memory_mib`` and ``memory_kind`` (see
+    :class:`PeakMemory`; per length), ``skipped`` (why a length was not evaluated, else None) and
+    ``predictions`` (``[answer, greedy continuation]`` per item).
+    """
+    if task in NEEDLE_TASKS:
+        if not depths:
+            raise ValueError(f"{task} is a needle task: give the needle depths")
+    elif depths is not None:
+        raise ValueError(f"{task} scatters its facts: depths must be None")
+    cells = list(depths) if depths is not None else [None]
+    for name, value in (("num_items", num_items), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not lengths:
+        raise ValueError("give at least one context length")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for length in lengths:
+            base = {"task": task, "length": length}
+            if (model.config.variant == "transformer" and max_full_attention_length is not None
+                    and length > max_full_attention_length):
+                reason = (f"full attention: the KV cache grows with the context; not run beyond "
+                          f"{max_full_attention_length} tokens")
+                rows += [{**base, "depth": depth, "items": 0, "correct": 0, "accuracy": None,
+                          "tokens_per_s": None, "peak_memory_mib": None, "memory_kind": None,
+                          "skipped": reason, "predictions": []} for depth in cells]
+                continue
+            items = generator.items(task, length, cells, num_items, seed)
+            predictions: list[str] = []
+            start = time.perf_counter()
+            with PeakMemory(device) as memory:
+                for first in range(0, len(items), batch_size):
+                    batch = items[first:first + batch_size]
+                    new = answer_items(model, batch, piece_len)
+                    predictions += [generator.tokenizer.decode(ids) for ids in new]
+            seconds = time.perf_counter() - start
+            for c, depth in enumerate(cells):
+                cell = range(c * num_items, (c + 1) * num_items)
+                correct = sum(score(predictions[i], items[i].answer) for i in cell)
+                rows.append({
+                    **base, "depth": depth, "items": num_items, "correct": correct,
+                    "accuracy": correct / num_items,
+                    "tokens_per_s": length * len(items) / seconds,
+                    "peak_memory_mib": memory.peak_mib, "memory_kind": memory.kind,
+                    "skipped": None,
+                    "predictions": [[items[i].answer, predictions[i].strip()] for i in cell],
+                })
+    finally:
+        model.train(was_training)
+    return rows
