@@ -118,3 +118,62 @@ def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, docs, cap
         main(["train", "--config", str(config), "--out", str(tmp_path / "r")])
     assert exit_info.value.code == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_task_fine_tuning_then_niah_and_babi_evaluation(tmp_path, docs, capsys):
+    """compare with a task section fine-tunes on task items and reports accuracy; eval niah/babi
+    write per-(length, depth) rows for every run, and the plots."""
+    lines = ["models:", "  mac: {preset: tiny, variant: mac, segment_len: 16}",
+             "  swa: {preset: tiny, variant: swa, window_size: 16}", "data:",
+             f"  source: {docs}", "  tokenizer: bpe:300", "task:", "  tasks: [niah1, qa1]",
+             "  weights: [3, 1]", "  eval_depths: [0.5]", "  eval_items: 2", "train:",
+             "  seq_len: 160", "  batch_size: 2", "  max_steps: 2", "  eval_every: 2",
+             "  eval_batches: 1", "  progress: false"]
+    config = tmp_path / "tasks.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "lc"
+    main(["compare", "--config", str(config), "--out", str(out)])
+    report = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["mac", "swa"]
+    for result in report["results"]:
+        assert set(result["accuracy"]) == {"niah1", "qa1"}
+        assert all(0 <= a <= 1 for a in result["accuracy"].values())
+        # The validation loss is the answers' loss on held-out items: finite, near ln(V) early.
+        assert 2 < result["train"]["final_val_loss"] < 10
+    assert report["task"]["weights"] == [3, 1]
+    assert "answer accuracy at the training length" in capsys.readouterr().out
+
+    runs = [str(out / "mac"), str(out / "swa")]
+    main(["eval", "niah", "--run", *runs, "--quick", "--tasks", "niah1", "--out",
+          str(tmp_path / "niah.json"), "--plots", str(tmp_path / "plots")])
+    niah = json.loads((tmp_path / "niah.json").read_text())
+    assert niah["kind"] == "niah" and niah["items"] == 2 and niah["depths"] == [0.0, 0.5, 1.0]
+    for name in ("mac", "swa"):
+        rows = niah["models"][name]["rows"]
+        assert [(r["length"], r["depth"]) for r in rows] == [
+            (n, d) for n in (160, 640) for d in (0.0, 0.5, 1.0)]
+        assert all(r["items"] == 2 and len(r["predictions"]) == 2 for r in rows)
+    for png in ("niah1-accuracy-vs-length.png", "niah1-mac.png", "niah1-swa.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    main(["eval", "babi", "--run", runs[0], "--tasks", "qa1", "--lengths", "200", "--items", "3",
+          "--out", str(tmp_path / "babi.json")])
+    rows = json.loads((tmp_path / "babi.json").read_text())["models"]["mac"]["rows"]
+    assert [(r["task"], r["length"], r["depth"], r["items"]) for r in rows] == [
+        ("qa1", 200, None, 3)]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["babi", "--depths", "0.5"], "--depths is for niah"),
+    (["niah", "--tasks", "qa1"], "not ['qa1']"),
+    (["niah", "--depths", "1.5"], "[0, 1]"),
+    (["perplexity", "b"], "one --run"),
+])
+def test_bad_task_evaluations_exit_with_one_line(tmp_path, capsys, args, message):
+    run = tmp_path / "a"
+    run.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", *args[:1], "--run", str(run), *args[1:]])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -211,6 +211,36 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> Non
     assert val_loss == pytest.approx(summary["final_val_loss"], abs=1e-5)
 
 
+def test_a_batch_source_supplies_inputs_and_labels(tmp_path: Path) -> None:
+    """A callable source replaces the token stream: its labels are what is scored (here only
+    the last position of each row), for training and validation alike."""
+    calls = []
+
+    def source(seq_len: int, batch_size: int, step: int, seed: int, rank: int,
+               world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(step)
+        g = torch.Generator().manual_seed(seed * 1000 + step)
+        ids = torch.randint(0, VOCAB, (batch_size, seq_len), generator=g)
+        labels = torch.full_like(ids, -100)
+        labels[:, -1] = ids[:, -1]
+        return ids, labels
+
+    cfg = tiny_train_config(tmp_path / "run", max_steps=2, eval_every=2, eval_batches=1)
+    torch.manual_seed(cfg.seed)  # train() seeds the same way before building its model
+    initial = TitansLM(tiny_model_config())
+    summary = train(tiny_model_config(), cfg, source, source)
+    assert calls[:2] == [0, 1] and calls[-1] == 0  # training batches 0, 1; validation batch 0
+    ids, labels = source(cfg.seq_len, cfg.batch_size, 0, cfg.seed, 0, 1)
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(initial(ids).logits[:, -2], ids[:, -1])
+    first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
+    assert first["loss"] == pytest.approx(float(expected), abs=1e-5)
+    model, _ = load_checkpoint(tmp_path / "run")
+    with torch.no_grad():
+        val = float(model(ids, labels=labels).loss)
+    assert summary["final_val_loss"] == pytest.approx(val, abs=1e-5)
+
+
 def test_grad_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
     tokens = synthetic_tokens(4000, seed=0)
     model_config = tiny_model_config(tie_word_embeddings=False)

@@ -3,6 +3,8 @@
     titans train --config configs/mac-small.yaml --set train.max_steps=200 --out runs/mac
     titans train --config configs/mac-small.yaml --out runs/mac --resume
     titans eval --run runs/mac --context-lengths 512 2048
+    titans eval niah --run runs/long-context/mac runs/long-context/swa --quick
+    titans eval babi --run runs/long-context/mac --lengths 256 4096 --out babi.json
     titans generate --run runs/mac --prompt "Fellow-Citizens" --max-new-tokens 80
     titans info --config configs/mac-small.yaml
     titans compare --config configs/main.yaml
@@ -127,15 +129,129 @@ def _load_run(run: str) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    """``titans eval``: perplexity of one run, or long-context task accuracy of several."""
+    if args.kind != "perplexity":
+        cmd_eval_tasks(args)
+        return
     from titans.evals import evaluate_perplexity
 
-    model, saved, tokenizer, files = _load_run(args.run)
+    if len(args.run) != 1:
+        raise ValueError("perplexity evaluation takes one --run")
+    run = args.run[0]
+    model, saved, tokenizer, files = _load_run(run)
     eval_cfg = EvalConfig(split=args.split, max_tokens=args.max_tokens)
     lengths = _context_lengths(eval_cfg, saved["train"]["seq_len"], args.context_lengths)
     rows = evaluate_perplexity(model, files[args.split].tokens, lengths, decode=tokenizer.decode,
                                max_tokens=eval_cfg.max_tokens, piece_len=eval_cfg.piece_len)
     _print_eval(rows)
-    atomic_save_json({"split": args.split, "results": rows}, Path(args.run) / "eval.json")
+    atomic_save_json({"split": args.split, "results": rows}, Path(run) / "eval.json")
+
+
+# Defaults of `titans eval niah|babi`: full and --quick settings.
+TASK_EVAL = {
+    "niah": {"tasks": ["niah1", "niah2", "niah3"], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
+             "multipliers": [1, 4, 16, 64], "items": 4},
+    "babi": {"tasks": ["qa1", "qa2", "qa3", "qa4", "qa5"], "depths": None,
+             "multipliers": [1, 4, 16, 64], "items": 8},
+}
+QUICK = {"multipliers": [1, 4], "items": 2, "niah_depths": [0.0, 0.5, 1.0]}
+
+
+def cmd_eval_tasks(args: argparse.Namespace) -> None:
+    """``titans eval niah|babi``: accuracy per (task, length, depth) of each run, streamed with
+    carried state; JSON written after every model, plots on request."""
+    from titans.evals.long_context import evaluate_task
+    from titans.plots import format_length, plot_accuracy_vs_length, plot_niah_heatmap
+    from titans.train import load_checkpoint
+
+    start = time.perf_counter()
+    defaults = TASK_EVAL[args.kind]
+    tasks = args.tasks or defaults["tasks"]
+    wrong = [t for t in tasks if t not in defaults["tasks"]]
+    if wrong:
+        raise ValueError(f"titans eval {args.kind} runs {defaults['tasks']}, not {wrong}")
+    depths = defaults["depths"]
+    if depths is not None:
+        depths = args.depths or (QUICK["niah_depths"] if args.quick else depths)
+        if any(not 0 <= d <= 1 for d in depths):
+            raise ValueError(f"--depths must lie in [0, 1], got {depths}")
+    elif args.depths:
+        raise ValueError("bAbI facts are scattered through the prose: --depths is for niah")
+    items = args.items or (QUICK["items"] if args.quick else defaults["items"])
+    names = [Path(run).name for run in args.run]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runs must have distinct directory names, got {names}")
+    out = Path(args.out or f"{args.kind}.json")
+
+    generators: dict[str, Any] = {}  # one per data config (tokenizer and held-out prose)
+    report: dict[str, Any] = {
+        "kind": args.kind, "tasks": tasks, "depths": depths, "items": items, "seed": args.seed,
+        "quick": args.quick, "machine": _machine(), "models": {},
+    }
+    for run, name in zip(args.run, names, strict=True):
+        data_file = Path(run) / DATA_FILE
+        if not data_file.is_file():
+            raise ValueError(f"{run} has no {DATA_FILE}: was it trained with `titans train` or "
+                             "`titans compare`?")
+        data = DataConfig(**json.loads(data_file.read_text()))
+        key = json.dumps(dataclasses.asdict(data), sort_keys=True)
+        if key not in generators:
+            generators[key] = _task_generators(data, ("test",))[1]["test"]
+        model, saved = load_checkpoint(run)
+        seq_len = saved["train"]["seq_len"]
+        multipliers = QUICK["multipliers"] if args.quick else defaults["multipliers"]
+        lengths = args.lengths or [m * seq_len for m in multipliers]
+        rows = []
+        for task in tasks:
+            rows += evaluate_task(model, generators[key], task, lengths, depths, items, args.seed,
+                                  args.batch_size, args.piece_len, args.max_full_attention)
+            _print_task_rows(name, task, [r for r in rows if r["task"] == task], format_length)
+        report["models"][name] = {"run": str(run), "variant": model.config.variant,
+                                  "parameters": model.num_parameters(), "rows": rows}
+        report["wall_time_s"] = time.perf_counter() - start
+        atomic_save_json(report, out)  # after every model: a long run keeps what it measured
+    if args.plots:
+        plots = Path(args.plots)
+        for task in tasks:
+            curves = {name: [r for r in m["rows"] if r["task"] == task]
+                      for name, m in report["models"].items()}
+            plot_accuracy_vs_length(curves, plots / f"{task}-accuracy-vs-length.png",
+                                    title=f"{task}: accuracy against context length")
+            if depths is not None:
+                for name, rows in curves.items():
+                    plot_niah_heatmap(rows, plots / f"{task}-{name}.png", title=f"{task}, {name}")
+    print(f"results: {out}" + (f"; plots: {args.plots}" if args.plots else "")
+          + f"; {report['wall_time_s'] / 60:.1f} min")
+
+
+def _print_task_rows(name: str, task: str, rows: list[dict], format_length: Any) -> None:
+    """One line per length: accuracy over all depths, throughput and peak memory."""
+    for length in sorted({r["length"] for r in rows}):
+        here = [r for r in rows if r["length"] == length]
+        if here[0]["accuracy"] is None:
+            print(f"{name:<12}{task:<6}{format_length(length):>6}  not run: {here[0]['skipped']}")
+            continue
+        accuracy = sum(r["correct"] for r in here) / sum(r["items"] for r in here)
+        print(f"{name:<12}{task:<6}{format_length(length):>6}  accuracy {accuracy:5.2f}  "
+              f"{here[0]['tokens_per_s']:8.0f} tok/s  peak {here[0]['peak_memory_mib']:7.0f} MiB",
+              flush=True)
+
+
+def _machine() -> dict[str, Any]:
+    """Where a result was measured."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -258,20 +374,19 @@ def cmd_compare(args: argparse.Namespace) -> None:
           f"total {report['wall_time_s'] / 60:.1f} min")
 
 
-def _task_generators(data: DataConfig) -> tuple[Any, dict[str, Any]]:
+def _task_generators(data: DataConfig, which: tuple[str, ...] = ("train", "validation", "test")
+                     ) -> tuple[Any, dict[str, Any]]:
     """Tokenizer and task generators over the corpus's prose: ``train`` (training split, for
     fine-tuning), ``validation`` (its loss during training) and ``test`` (validation + test
     documents: the held-out prose every evaluation item is cut from)."""
     from titans.evals.tasks import TaskGenerator
 
     corpus, tokenizer = load_corpus(data)
-    texts = {split: [d.text for d in corpus.split(split)] for split in ("train", "validation",
-                                                                        "test")}
-    return tokenizer, {
-        "train": TaskGenerator(tokenizer, texts["train"]),
-        "validation": TaskGenerator(tokenizer, texts["validation"]),
-        "test": TaskGenerator(tokenizer, texts["validation"] + texts["test"]),
-    }
+    documents = {"train": ("train",), "validation": ("validation",),
+                 "test": ("validation", "test")}
+    return tokenizer, {name: TaskGenerator(tokenizer, [d.text for split in documents[name]
+                                                       for d in corpus.split(split)])
+                       for name in which}
 
 
 def _task_accuracy(model: Any, generator: Any, task_cfg: TaskConfig, length: int
@@ -335,12 +450,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in the run directory")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="perplexity and bits-per-byte of a trained run")
-    p.add_argument("--run", required=True, help="run directory")
+    p = sub.add_parser(
+        "eval", help="perplexity of a run, or long-context accuracy (niah, babi) of runs")
+    p.add_argument("kind", nargs="?", default="perplexity", choices=["perplexity", "niah", "babi"],
+                   help="perplexity (default); niah: S-NIAH-1/2/3; babi: bAbI qa1-qa5 in prose")
+    p.add_argument("--run", required=True, nargs="+",
+                   help="run directory (niah/babi: one or more, compared side by side)")
     p.add_argument("--split", default="test", choices=["validation", "test"])
     p.add_argument("--context-lengths", type=int, nargs="+",
                    help="tokens per evaluated context (default: 1x and 4x the training length)")
     p.add_argument("--max-tokens", type=int, default=65536, help="scored tokens per length")
+    tasks = p.add_argument_group("niah / babi")
+    tasks.add_argument("--tasks", nargs="+", help="subset of niah1 niah2 niah3 / qa1 .. qa5")
+    tasks.add_argument("--lengths", type=int, nargs="+",
+                       help="context lengths in tokens (default: 1x, 4x, 16x, 64x the training "
+                            "length; --quick: 1x, 4x)")
+    tasks.add_argument("--depths", type=float, nargs="+",
+                       help="niah needle depths in [0, 1] (default: 0 .25 .5 .75 1; --quick: "
+                            "0 .5 1)")
+    tasks.add_argument("--items", type=int, help="items per (length, depth) (default: niah 4, "
+                                                 "babi 8; --quick: 2)")
+    tasks.add_argument("--quick", action="store_true", help="a few minutes: small lengths, "
+                                                           "fewer depths and items")
+    tasks.add_argument("--seed", type=int, default=0, help="which items (same for every model)")
+    tasks.add_argument("--batch-size", type=int, default=8, help="items streamed side by side")
+    tasks.add_argument("--piece-len", type=int, default=2048, help="tokens per streamed piece")
+    tasks.add_argument("--max-full-attention", type=int, default=65536,
+                       help="longest context run for the full-attention baseline (its KV cache "
+                            "grows with the context)")
+    tasks.add_argument("--out", help="JSON results (default: ./niah.json or ./babi.json)")
+    tasks.add_argument("--plots", help="directory for the heatmaps and accuracy-vs-length PNGs")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a trained run")

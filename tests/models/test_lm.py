@@ -171,6 +171,29 @@ def test_labels_give_the_shifted_cross_entropy_and_ignore_index():
     assert keep.sum() == 2 * 16 - 1
 
 
+@pytest.mark.parametrize("scored", ["answer", "all"])
+def test_loss_without_logits_equals_the_full_loss_and_its_gradients(scored):
+    """return_logits=False runs the head only where a label is scored: same loss, same
+    gradients for every parameter, no logits."""
+    ids = torch.randint(0, 61, (3, 23))
+    labels = ids.clone()
+    if scored == "answer":  # a few scored positions per row, as in task fine-tuning
+        labels[:, :-3] = -100
+        labels[1, -1] = -100
+    full, sparse = model_for(config("mac")), model_for(config("mac"))
+    loss = full(ids, labels=labels).loss
+    out = sparse(ids, labels=labels, return_logits=False)
+    assert out.logits is None
+    # The loss is reduced in float32 (as the full path does), in another summation order.
+    torch.testing.assert_close(out.loss, loss, rtol=1e-6, atol=0)
+    loss.backward()
+    out.loss.backward()
+    for (name, a), b in zip(full.named_parameters(), sparse.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-14, msg=name)
+    with pytest.raises(ValueError, match="only makes sense with labels"):
+        sparse(ids, return_logits=False)
+
+
 def test_logits_to_keep_returns_the_last_positions():
     model = model_for(config("mac"))
     ids = torch.randint(0, 61, (1, 19))

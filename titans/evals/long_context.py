@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import resource
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,51 +28,39 @@ class PeakMemory:
     """Peak memory of a ``with`` block, in MiB (``.peak_mib`` after the block).
 
     On CUDA: the caching allocator's peak of allocated tensor memory (``kind="cuda_allocated"``).
-    Elsewhere: the process's peak resident set size (``kind="rss"``), sampled every
-    ``interval`` seconds from ``/proc/self/statm`` by a thread; where there is no ``/proc`` it
-    falls back to ``getrusage``'s lifetime maximum (``kind="max_rss"``), which cannot go down
+    On Linux CPU: the process's peak resident set size (``kind="rss"``): the kernel's high-water
+    mark VmHWM, reset to the current RSS when the block starts (``/proc/self/clear_refs``).
+    Elsewhere: ``getrusage``'s lifetime maximum (``kind="max_rss"``), which never goes down
     between blocks.
     """
 
-    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
-        self.device, self.interval = device, interval
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.peak_mib = 0.0
         self.kind = "cuda_allocated" if device.type == "cuda" else (
-            "rss" if Path("/proc/self/statm").exists() else "max_rss")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+            "rss" if _CLEAR_REFS.exists() else "max_rss")
 
     def __enter__(self) -> PeakMemory:
         if self.kind == "cuda_allocated":
             torch.cuda.reset_peak_memory_stats(self.device)
         elif self.kind == "rss":
-            self.peak_mib = _rss_mib()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current VmRSS
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.kind == "cuda_allocated":
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.kind == "rss":
-            self._stop.set()
-            assert self._thread is not None
-            self._thread.join()
-            self.peak_mib = max(self.peak_mib, _rss_mib())
+            status = Path("/proc/self/status").read_text().splitlines()
+            self.peak_mib = next(int(line.split()[1]) for line in status
+                                 if line.startswith("VmHWM:")) / 2**10
         else:
             # ru_maxrss is in KiB on Linux and bytes on macOS.
             scale = 2**20 if sys.platform == "darwin" else 2**10
             self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak_mib = max(self.peak_mib, _rss_mib())
 
-
-def _rss_mib() -> float:
-    """Resident set size of this process (Linux)."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
+_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @torch.no_grad()

@@ -50,8 +50,9 @@ TASKS = NEEDLE_TASKS + BABI_TASKS
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
           "There and back again.")
 
-# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before spaces.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+")
+# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before spaces;
+# the quote or bracket is matched by a lookbehind so that it stays with its sentence.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
 
 class TaskTokenizer(Protocol):
