@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from titans.train import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORKER = Path(__file__).with_name("train_worker.py")
 VOCAB = 64
 
@@ -50,15 +51,6 @@ def tiny_train_config(out_dir: Path, **overrides: Any) -> TrainConfig:
 
 def synthetic_tokens(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, VOCAB, n).astype(np.uint16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def saved_weights(out_dir: Path) -> dict[str, torch.Tensor]:

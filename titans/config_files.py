@@ -102,7 +102,7 @@ class TaskConfig:
         if not self.tasks or any(t not in TASKS for t in self.tasks):
             raise ValueError(f"task.tasks must be a non-empty list of {TASKS}, got {self.tasks!r}")
         if self.weights is not None and (len(self.weights) != len(self.tasks) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
                 for w in self.weights)):
             raise ValueError(f"task.weights must be one number > 0 per task, got {self.weights!r}")
         if not isinstance(self.score_context, bool):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,13 +104,7 @@ def plot_loss_curves(runs: dict[str, str | Path], path: str | Path, title: str =
             ax.plot(*zip(*val, strict=True), "o--", color=color, label=f"{name} validation")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("cross-entropy (nats / token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    _finish(fig, ax, path, title, legend=True)
 
 
 def plot_niah_heatmap(rows: list[dict], path: str | Path, title: str = "") -> None:
@@ -151,12 +146,8 @@ def plot_niah_heatmap(rows: list[dict], path: str | Path, title: str = "") -> No
     ax.set_yticks(range(len(depths)), [f"{100 * d:g}%" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
-    ax.set_title(title)
     fig.colorbar(image, ax=ax, label="accuracy", format=PercentFormatter(xmax=1.0))
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    _finish(fig, ax, path, title, legend=False)
 
 
 def plot_accuracy_vs_length(
@@ -191,9 +182,17 @@ def plot_accuracy_vs_length(
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("accuracy")
+    _finish(fig, ax, path, title, legend=True)
+
+
+def _finish(fig: Any, ax: Any, path: str | Path, title: str, legend: bool) -> None:
+    """Title (plus grid and legend for line plots), then write the PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if legend:
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")

@@ -5,7 +5,6 @@ against score(), bAbI rows, batching, full-attention skipping, training mode res
 with answer_items replaced by a fake of known correctness, plus one real run on a tiny model;
 PeakMemory measures the peak resident set size of its block."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from titans.data import train_bpe
 from titans.evals import long_context
 from titans.evals.long_context import PeakMemory, answer_items, evaluate_task
 from titans.evals.tasks import TaskGenerator, score
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "transformer", "swa")
 
@@ -34,15 +35,6 @@ PROSE = [
     Students whispered over their papers while the clock ticked above the door. On rainy days the
     room filled early. The librarian kept a kettle in the back and offered tea to the regulars.""",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -442,6 +442,7 @@ def test_task_batches_draw_needle_depths_across_the_context(generator):
     ([], None), (["qa9"], None), (["niah1", "nope"], None), (["niah1"], [1, 2]),
     (["niah1", "qa1"], [1]), (["niah1", "qa1"], [1, 0]), (["niah1", "qa1"], [1, -2]),
     (["niah1", "qa1"], [1, True]), (["niah1", "qa1"], [1, "2"]), (["niah1"], [float("nan")]),
+    (["niah1", "qa1"], [1, float("inf")]),
 ])
 def test_task_batches_reject_bad_tasks_and_weights(generator, tasks, weights):
     with pytest.raises(ValueError):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from titans.evals.tasks import NEEDLE_TASKS, TaskGenerator, TaskItem, score
+from titans.evals.tasks import NEEDLE_TASKS, TASKS, TaskGenerator, TaskItem, score
 from titans.models.lm import TitansLM
 
 
@@ -122,6 +122,8 @@ def evaluate_task(
     :class:`PeakMemory`; per length), ``skipped`` (why a length was not evaluated, else None) and
     ``predictions`` (``[answer, greedy continuation]`` per item).
     """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
     if task in NEEDLE_TASKS:
         if not depths:
             raise ValueError(f"{task} is a needle task: give the needle depths")

@@ -30,6 +30,7 @@ the needle has the same ids wherever it lands and lengths are exact without re-t
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import uuid
@@ -241,7 +242,7 @@ class TaskBatches:
         for task in tasks:
             _check_task(task)
         if weights is not None and (len(weights) != len(tasks) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
                 for w in weights)):
             raise ValueError(f"weights must be one number > 0 per task, got {weights!r}")
         self.weights = None if weights is None else tuple(float(w) for w in weights)
