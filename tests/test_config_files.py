@@ -5,6 +5,7 @@ import pytest
 from titans.config_files import (
     DataConfig,
     EvalConfig,
+    TaskConfig,
     apply_overrides,
     build_dataclass,
     check_sections,
@@ -30,8 +31,11 @@ def test_shipped_configs_parse_and_build(tmp_path):
     assert len(files) >= 3
     for path in files:
         values = read_config_file(path)
-        sections = ("model", "models", "match_parameters", "train", "data", "eval", "sample")
+        sections = ("model", "models", "match_parameters", "train", "data", "eval", "sample",
+                    "task")
         check_sections(values, sections)
+        if "task" in values:
+            build_dataclass(TaskConfig, values["task"], "task")
         build_dataclass(DataConfig, values.get("data"), "data")
         build_dataclass(EvalConfig, values.get("eval"), "eval")
         build_dataclass(TrainConfig, values.get("train"), "train")
