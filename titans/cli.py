@@ -161,7 +161,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
     """``titans eval niah|babi``: accuracy per (task, length, depth) of each run, streamed with
     carried state; JSON written after every model, plots on request."""
     from titans.evals.long_context import evaluate_task
-    from titans.plots import format_length, plot_accuracy_vs_length, plot_niah_heatmap
+    from titans.plots import plot_accuracy_vs_length, plot_niah_heatmap
     from titans.train import load_checkpoint
 
     start = time.perf_counter()
@@ -205,7 +205,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
         for task in tasks:
             rows += evaluate_task(model, generators[key], task, lengths, depths, items, args.seed,
                                   args.batch_size, args.piece_len, args.max_full_attention)
-            _print_task_rows(name, task, [r for r in rows if r["task"] == task], format_length)
+            _print_task_rows(name, task, [r for r in rows if r["task"] == task])
         report["models"][name] = {"run": str(run), "variant": model.config.variant,
                                   "parameters": model.num_parameters(), "rows": rows}
         report["wall_time_s"] = time.perf_counter() - start
@@ -224,8 +224,10 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
           + f"; {report['wall_time_s'] / 60:.1f} min")
 
 
-def _print_task_rows(name: str, task: str, rows: list[dict], format_length: Any) -> None:
+def _print_task_rows(name: str, task: str, rows: list[dict]) -> None:
     """One line per length: accuracy over all depths, throughput and peak memory."""
+    from titans.plots import format_length
+
     for length in sorted({r["length"] for r in rows}):
         here = [r for r in rows if r["length"] == length]
         if here[0]["accuracy"] is None:
