@@ -43,11 +43,22 @@ def run(fn, tensors, weights, moms, **kw):
     return o, st
 
 
-def outputs_and_grads(fn, tensors, weights, moms, seed=1, **kw):
-    """Outputs, final state and gradients of a random linear probe w.r.t. every input."""
-    leaves = [x.clone().requires_grad_() for x in (*tensors, *weights, *moms)]
+def make_norm(d=D, seed=2, dtype=torch.float64):
+    """A per-head LayerNorm weight and bias [H, d] away from the (1, 0) default."""
+    g = torch.Generator().manual_seed(seed)
+    weight = (1 + 0.5 * torch.randn(H, d, generator=g, dtype=dtype)) / d**0.5
+    return weight, 0.1 * torch.randn(H, d, generator=g, dtype=dtype)
+
+
+def outputs_and_grads(fn, tensors, weights, moms, seed=1, norm=(), **kw):
+    """Outputs, final state and gradients of a random linear probe w.r.t. every input (and the
+    residual norm's weight and bias when ``norm`` gives them)."""
+    leaves = [x.clone().requires_grad_() for x in (*tensors, *weights, *moms, *norm)]
     n_t, depth = len(tensors), len(weights)
-    ins, ws, ss = leaves[:n_t], leaves[n_t:n_t + depth], leaves[n_t + depth:]
+    ins, ws = leaves[:n_t], leaves[n_t:n_t + depth]
+    ss = leaves[n_t + depth:n_t + 2 * depth]
+    if norm:
+        kw = dict(kw, norm_weight=leaves[-2], norm_bias=leaves[-1])
     o, st = run(fn, ins, ws, ss, **kw)
     outs = [o, *st.weights, *st.momentum]
     g = torch.Generator().manual_seed(seed)
@@ -57,12 +68,14 @@ def outputs_and_grads(fn, tensors, weights, moms, seed=1, **kw):
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
-@pytest.mark.parametrize("residual_norm", [False, True])
+@pytest.mark.parametrize("norm", ["none", "plain", "affine"])
 @pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
-def test_chunked_matches_naive_outputs_state_and_grads(depth, residual_norm, chunk_size):
+def test_chunked_matches_naive_outputs_state_and_grads(depth, norm, chunk_size):
+    """norm: no residual norm, ``x + LN(mlp(x))``, or ``x + LN(mlp(x)) * weight + bias``."""
     t_len = 71  # not a multiple of 5, 16 or 64
     tensors, weights, moms = make_inputs(t_len, depth)
-    kw = dict(chunk_size=chunk_size, residual_norm=residual_norm)
+    kw = dict(chunk_size=chunk_size, residual_norm=norm != "none",
+              norm=make_norm() if norm == "affine" else ())
     ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
     outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, **kw)
     # float64. The recurrence of a deep residual-norm memory amplifies rounding along the sequence
@@ -71,18 +84,57 @@ def test_chunked_matches_naive_outputs_state_and_grads(depth, residual_norm, chu
         assert rel_err(a, b) < 1e-7
     names = ["q", "k", "v", "lr", "momentum", "decay"] + [f"W{i}" for i in range(depth)] + [
         f"S{i}" for i in range(depth)
-    ]
+    ] + (["norm_weight", "norm_bias"] if norm == "affine" else [])
+    assert len(grads) == len(names)
     for name, a, b in zip(names, grads, ref_grads, strict=True):
         assert rel_err(a, b) < 1e-7, name
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("residual_norm", [False, True])
+@pytest.mark.parametrize("chunk_size", [1, 5, 16])
+def test_clipped_inner_gradients_match_naive(depth, residual_norm, chunk_size):
+    """max_grad_norm clips each token's inner gradient, in both ops alike; a bound near the
+    typical norm makes some tokens clipped and others not."""
+    tensors, weights, moms = make_inputs(53, depth, seed=4)
+    kw = dict(chunk_size=chunk_size, residual_norm=residual_norm, max_grad_norm=1.5,
+              norm=make_norm() if residual_norm else ())
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
+    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, **kw)
+    for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_err(a, b) < 1e-7
+    unclipped, _ = outputs_and_grads(memory_naive, tensors, weights, moms,
+                                     **dict(kw, max_grad_norm=None))
+    assert rel_err(outs[0], unclipped[0]) > 1e-3
+
+
+def test_clipping_bounds_each_tokens_step():
+    """With momentum and decay off and one token per chunk, W_t - W_{t-1} = -theta_t * u_t,
+    whose norm the clip bounds by theta_t * max_grad_norm (and reaches: the gradients are
+    larger than the bound)."""
+    tensors, weights, _ = make_inputs(12, 2, seed=5)
+    tensors[2] = 10 * tensors[2]  # far-off values: large inner gradients
+    tensors[4], tensors[5] = torch.zeros_like(tensors[4]), torch.zeros_like(tensors[5])
+    lr = tensors[3]
+    prev = weights
+    for t in range(12):
+        step = [x[:, t:t + 1] for x in tensors]
+        _, st = run(memory_chunked, step, prev, [torch.zeros_like(w) for w in prev],
+                    chunk_size=1, max_grad_norm=0.5)
+        sq = sum((a - b).pow(2).sum((-2, -1)) for a, b in zip(st.weights, prev, strict=True))
+        torch.testing.assert_close(sq.sqrt(), 0.5 * lr[:, t], rtol=1e-9, atol=0)
+        prev = st.weights
+
+
 @pytest.mark.parametrize("checkpoint_chunks", [1, 3])
-def test_checkpointed_chunks_match_naive(checkpoint_chunks):
+@pytest.mark.parametrize("affine", [False, True])
+def test_checkpointed_chunks_match_naive(checkpoint_chunks, affine):
     """Recomputing groups of chunks in the backward pass changes nothing but memory."""
     tensors, weights, moms = make_inputs(45, 2)
-    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, chunk_size=4)
-    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, chunk_size=4,
-                                    checkpoint_chunks=checkpoint_chunks)
+    kw = dict(chunk_size=4, residual_norm=affine, norm=make_norm() if affine else ())
+    ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
+    outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms,
+                                    checkpoint_chunks=checkpoint_chunks, **kw)
     for a, b in zip(outs + grads, ref_outs + ref_grads, strict=True):
         assert rel_err(a, b) < 1e-9
 
@@ -91,7 +143,8 @@ def test_checkpointed_chunks_match_naive(checkpoint_chunks):
 def test_compiled_step_matches_naive(residual_norm):
     """The torch.compile'd chunk step is judged against the reference like the eager one."""
     tensors, weights, moms = make_inputs(45, 2)
-    kw = dict(chunk_size=4, residual_norm=residual_norm)
+    kw = dict(chunk_size=4, residual_norm=residual_norm,
+              norm=make_norm() if residual_norm else ())
     ref_outs, ref_grads = outputs_and_grads(memory_naive, tensors, weights, moms, **kw)
     for checkpoint_chunks in (None, 3):
         outs, grads = outputs_and_grads(memory_chunked, tensors, weights, moms, compile_step=True,
@@ -214,6 +267,9 @@ def test_segment_products_match_explicit_products():
         (lambda a: a.update(activation="tanh"), "activation"),
         (lambda a: a.update(v=a["v"][..., :-1]), "value dim"),
         (lambda a: a.update(q=a["q"].long(), k=a["k"].long()), "floating-point"),
+        (lambda a: a.update(norm_weight=torch.ones(H, D)), "needs residual_norm"),
+        (lambda a: a.update(max_grad_norm=0.0), "max_grad_norm"),
+        (lambda a: a.update(residual_norm=True, norm_bias=torch.ones(H + 1, D)), "norm_bias"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(mutate, message):

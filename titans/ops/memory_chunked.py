@@ -36,7 +36,11 @@ from titans.ops.memory_common import (
     check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
+    grad_clip_scale,
 )
+
+# (activation, residual_norm, max_grad_norm, compile_step) of one call, fixed for all its chunks
+_Spec = tuple[str, bool, float | None, bool]
 
 
 def segment_products(x: Tensor) -> Tensor:
@@ -52,16 +56,20 @@ def segment_products(x: Tensor) -> Tensor:
     return torch.where(idx[:, None] >= idx[None, :], prods, x.new_zeros(()))
 
 
-def _layer_norm_and_backward(z: Tensor, target: Tensor, skip: Tensor) -> Tensor:
-    """Error signal at the MLP output for ``M = skip + LayerNorm(z)`` and loss 0.5||M - target||^2.
+def _layer_norm_and_backward(
+    z: Tensor, target: Tensor, skip: Tensor, gamma: Tensor, beta: Tensor
+) -> Tensor:
+    """Error signal at the MLP output for ``M = skip + LayerNorm(z) * gamma + beta`` and loss
+    0.5||M - target||^2 (gamma, beta: [BH, 1, D], broadcast over the chunk's rows).
 
-    ATen's fused layer-norm kernels, which are themselves differentiable (double backward).
+    ATen's fused layer-norm kernels, which are themselves differentiable (double backward); the
+    affine part is applied outside them because it differs per (batch, head).
     """
     d = [z.shape[-1]]
     y, mean, rstd = torch.ops.aten.native_layer_norm(z, d, None, None, LAYER_NORM_EPS)
-    err = skip + y - target
+    err = skip + y * gamma + beta - target
     return torch.ops.aten.native_layer_norm_backward(
-        err, z, d, mean, rstd, None, None, [True, False, False]
+        err * gamma, z, d, mean, rstd, None, None, [True, False, False]
     )[0]
 
 
@@ -99,6 +107,9 @@ def memory_chunked(
     chunk_size: int = 16,
     activation: str = "gelu",
     residual_norm: bool = False,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+    max_grad_norm: float | None = None,
     checkpoint_chunks: int | None = None,
     compile_step: bool = False,
 ) -> tuple[Tensor, MemoryState]:
@@ -110,6 +121,9 @@ def memory_chunked(
         state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
         chunk_size: tokens per inner mini-batch; chunk boundaries are multiples of it from t = 0.
         residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
+        norm_weight, norm_bias: [H, D_v], the LayerNorm's per-head affine part (outer
+            parameters, not fast weights); None means weight 1 and bias 0.
+        max_grad_norm: clip each token's inner gradient (all layers together) to this norm.
         checkpoint_chunks: when autograd records, recompute each group of this many chunks in
             the backward pass and keep only the state at group boundaries: activation memory
             for the weights falls from T / chunk_size to T / (chunk_size * checkpoint_chunks)
@@ -120,7 +134,8 @@ def memory_chunked(
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
     """
-    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
+                 norm_weight, norm_bias, max_grad_norm)
     check_checkpoint_chunks(checkpoint_chunks)
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
@@ -156,16 +171,24 @@ def memory_chunked(
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
     per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
-    spec = (activation, residual_norm, compile_step)
+    spec = (activation, residual_norm, max_grad_norm, compile_step)
+    # The residual norm's affine part per (batch, head) row: [BH, 1, D_v] each (none without it).
+    norm = ()
+    if residual_norm:
+        norm = tuple(
+            (p if p is not None else v.new_full((h, d_v), fill)).to(dtype)[None]
+            .expand(b, h, d_v).reshape(b * h, 1, d_v)
+            for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0))
+        )
     recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
     wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
     outputs = []
     # split (not [n] indexing) so autograd gathers the chunks' input gradients in one piece
     for group in zip(*(x.split(checkpoint_chunks or n_chunks) for x in per_chunk), strict=True):
         if recompute:
-            o_group, *wss = _RecomputedChunks.apply(spec, *wss, *group)
+            o_group, *wss = _RecomputedChunks.apply(spec, *norm, *wss, *group)
         else:
-            o_group, wss = _run_chunks(wss, group, spec)
+            o_group, wss = _run_chunks(wss, norm, group, spec)
         outputs.append(o_group)
     ws, ss = zip(*(m.chunk(2, dim=-2) for m in wss), strict=True)
 
@@ -175,31 +198,38 @@ def memory_chunked(
 
 
 def _run_chunks(
-    wss: list[Tensor], group: tuple[Tensor, ...], spec: tuple[str, bool, bool]
+    wss: list[Tensor],
+    norm: tuple[Tensor, ...],
+    group: tuple[Tensor, ...],
+    spec: _Spec,
 ) -> tuple[Tensor, list[Tensor]]:
     """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
 
     wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
+    norm: (gamma, beta) of the residual norm, each [BH, 1, D_v], or () without it.
     group: the per-chunk tensors of :func:`memory_chunked`, each with G chunks in dim 0.
-    spec: (activation, residual_norm, compile_step).
+    spec: (activation, residual_norm, max_grad_norm, compile_step).
     """
-    step = _compiled_step() if spec[2] else _chunk_step
+    step = _compiled_step() if spec[3] else _chunk_step
     outputs = []
     for chunk in zip(*(x.unbind(0) for x in group), strict=True):
-        o, wss = step(wss, chunk, spec[:2])
+        o, wss = step(wss, norm, chunk, spec[:3])
         outputs.append(o)
     return torch.stack(outputs), wss
 
 
 def _chunk_step(
-    wss: list[Tensor], chunk: tuple[Tensor, ...], spec: tuple[str, bool]
+    wss: list[Tensor],
+    norm: tuple[Tensor, ...],
+    chunk: tuple[Tensor, ...],
+    spec: tuple[str, bool, float | None],
 ) -> tuple[Tensor, list[Tensor]]:
     """One chunk: its outputs [BH, c, D_v] and the stacked state ``[W; S]`` at its end.
 
     Stacked, ``W`` is a contiguous view, the read ``A_t x W + g_t x S`` is one matmul and the
     boundary update ``W' = A W + g S, S' = E S`` one 2x2 mixing matmul.
     """
-    activation, residual_norm = spec
+    activation, residual_norm, max_grad_norm = spec
     act = activation_fn(activation)
     depth = len(wss)
     q_n, k_n, v_n, qk_n, kth_n, row_n, end_n, mix = chunk
@@ -212,10 +242,17 @@ def _chunk_step(
         z = x @ w
         pre.append(z)
         x = act(z) if i < depth - 1 else z
-    deltas = [_layer_norm_and_backward(z, v_n, k_n) if residual_norm else z - v_n]
+    deltas = [_layer_norm_and_backward(z, v_n, k_n, *norm) if residual_norm else z - v_n]
     for i in range(depth - 1, 0, -1):
         back = deltas[0] @ ws[i].transpose(-1, -2)
         deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
+    if max_grad_norm is not None:
+        # Token r's gradient in layer i is the outer product a_r^T delta_r: its squared
+        # Frobenius norm is ||a_r||^2 ||delta_r||^2, so clipping scales the rows of delta.
+        sq_norm = sum(a.pow(2).sum(-1, keepdim=True) * d.pow(2).sum(-1, keepdim=True)
+                      for a, d in zip(inputs, deltas, strict=True))
+        scale = grad_clip_scale(sq_norm, max_grad_norm)
+        deltas = [d * scale for d in deltas]
 
     # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
     x = q_n
@@ -223,7 +260,11 @@ def _chunk_step(
         scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
         z = torch.baddbmm(_scale_rows(row_n, x) @ wss[i], scores, deltas[i], alpha=-1)
         x = act(z) if i < depth - 1 else z
-    out = q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS) if residual_norm else z
+    if residual_norm:
+        gamma, beta = norm
+        out = q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS) * gamma + beta
+    else:
+        out = z
 
     # Carry weights and momentum to the next chunk boundary.
     new = []
@@ -257,26 +298,36 @@ class _RecomputedChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, spec: tuple[str, bool, bool], *tensors: Tensor):  # type: ignore[override]
+    def forward(ctx, spec: _Spec, *tensors: Tensor):  # type: ignore[override]
+        """tensors: the residual norm's (gamma, beta) if spec says it has one, the stacked
+        state of every layer, then the group's per-chunk tensors."""
         ctx.spec = spec
         ctx.save_for_backward(*tensors)
-        depth = len(tensors) - _GROUP_TENSORS
-        o, wss = _run_chunks(list(tensors[:depth]), tensors[depth:], spec)
+        o, wss = _run_chunks(*_split_inputs(tensors, spec))
         return (o, *wss)
 
     @staticmethod
     def backward(ctx, *grad_outputs: Tensor):  # type: ignore[override]
         inputs = [t.detach().requires_grad_(need) for t, need in
                   zip(ctx.saved_tensors, ctx.needs_input_grad[1:], strict=True)]
-        depth = len(inputs) - _GROUP_TENSORS
         # The recomputation must match the forward, which ran with autocast off: a backward
         # called inside an autocast region would otherwise recompute in low precision.
         device = inputs[0].device.type
         with torch.enable_grad(), torch.autocast(device_type=device, enabled=False):
-            o, wss = _run_chunks(inputs[:depth], tuple(inputs[depth:]), ctx.spec)
+            o, wss = _run_chunks(*_split_inputs(inputs, ctx.spec))
         wanted = [t for t in inputs if t.requires_grad]
         grads = iter(torch.autograd.grad((o, *wss), wanted, grad_outputs, allow_unused=True))
         return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+
+
+def _split_inputs(
+    tensors: tuple[Tensor, ...] | list[Tensor], spec: _Spec
+) -> tuple[list[Tensor], tuple[Tensor, ...], tuple[Tensor, ...], _Spec]:
+    """The flat inputs of :class:`_RecomputedChunks` back as ``_run_chunks``' arguments."""
+    n_norm = 2 if spec[1] else 0
+    depth = len(tensors) - _GROUP_TENSORS - n_norm
+    return (list(tensors[n_norm:n_norm + depth]), tuple(tensors[:n_norm]),
+            tuple(tensors[n_norm + depth:]), spec)
 
 
 def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:

@@ -84,6 +84,9 @@ def check_inputs(
     chunk_size: int,
     activation: str,
     residual_norm: bool,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+    max_grad_norm: float | None = None,
 ) -> None:
     """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops."""
     for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr), ("momentum", momentum),
@@ -101,6 +104,11 @@ def check_inputs(
             raise ValueError(
                 f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
             )
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
+        or not max_grad_norm > 0
+    ):
+        raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if activation not in ACTIVATIONS:
@@ -119,6 +127,16 @@ def check_inputs(
         )
     if residual_norm and d_k != v.shape[-1]:
         raise ValueError("residual_norm needs equal key and value dims (M(x) = x + LN(mlp(x)))")
+    for name, p in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
+        if p is None:
+            continue
+        if not residual_norm:
+            raise ValueError(f"{name} is the LayerNorm's affine part: it needs residual_norm=True")
+        if not p.is_floating_point() or p.shape != (h, v.shape[-1]):
+            raise ValueError(
+                f"{name} must be a floating-point [H, D_v] = {(h, v.shape[-1])} tensor, got "
+                f"{p.dtype} {tuple(p.shape)}"
+            )
 
 
 def check_checkpoint_chunks(checkpoint_chunks: int | None) -> None:
@@ -126,6 +144,15 @@ def check_checkpoint_chunks(checkpoint_chunks: int | None) -> None:
         not isinstance(checkpoint_chunks, int) or checkpoint_chunks < 1
     ):
         raise ValueError(f"checkpoint_chunks must be None or an int >= 1: {checkpoint_chunks!r}")
+
+
+def grad_clip_scale(sq_norm: Tensor, max_grad_norm: float) -> Tensor:
+    """``min(1, max_grad_norm / ||u||)`` from the squared norm ``||u||^2`` of an inner gradient.
+
+    The norm is clamped from below before the square root, so the scale (and its gradient) is
+    finite also for a zero gradient.
+    """
+    return max_grad_norm * sq_norm.clamp_min(max_grad_norm**2).rsqrt()
 
 
 def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
@@ -139,10 +166,19 @@ def activation_backward(name: str, grad: Tensor, z: Tensor) -> Tensor:
     return torch.ops.aten.silu_backward(grad, z)
 
 
-def mlp_forward(x: Tensor, weights: list[Tensor], activation: str, residual_norm: bool) -> Tensor:
+def mlp_forward(
+    x: Tensor,
+    weights: list[Tensor],
+    activation: str,
+    residual_norm: bool,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+) -> Tensor:
     """M(x; W) for one set of weights per (batch, head).
 
     x: [B, H, N, d_0], weights[i]: [B, H, d_{i-1}, d_i] -> [B, H, N, d_L]
+    norm_weight, norm_bias: [H, d_L], the per-head affine part of the residual LayerNorm,
+    ``M(x) = x + LN(mlp(x)) * norm_weight + norm_bias`` (None: weight 1, bias 0).
     """
     act = activation_fn(activation)
     h = x
@@ -151,5 +187,10 @@ def mlp_forward(x: Tensor, weights: list[Tensor], activation: str, residual_norm
         if i < len(weights) - 1:
             h = act(h)
     if residual_norm:
-        h = x + F.layer_norm(h, h.shape[-1:], eps=LAYER_NORM_EPS)
+        h = F.layer_norm(h, h.shape[-1:], eps=LAYER_NORM_EPS)
+        if norm_weight is not None:
+            h = h * norm_weight[:, None].to(h.dtype)
+        if norm_bias is not None:
+            h = h + norm_bias[:, None].to(h.dtype)
+        h = x + h
     return h

@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from titans.ops.memory_common import MemoryState, check_inputs, compute_dtype, mlp_forward
+from titans.ops.memory_common import (
+    MemoryState,
+    check_inputs,
+    compute_dtype,
+    grad_clip_scale,
+    mlp_forward,
+)
 
 
 def memory_naive(
@@ -23,6 +29,9 @@ def memory_naive(
     chunk_size: int = 16,
     activation: str = "gelu",
     residual_norm: bool = False,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+    max_grad_norm: float | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """Run the memory over a sequence one token at a time.
 
@@ -30,6 +39,8 @@ def memory_naive(
     tokens counted from the start of the sequence)::
 
         u_t = grad_W 0.5 * ||M(k_t; W0) - v_t||^2
+        u_t = u_t * min(1, max_grad_norm / ||u_t||)      (with max_grad_norm; the norm is
+                                                           taken over all layers' gradients)
         S_t = eta_t * S_{t-1} - theta_t * u_t
         W_t = (1 - alpha_t) * W_{t-1} + S_t
         o_t = M(q_t; W_t)
@@ -39,18 +50,25 @@ def memory_naive(
         lr (theta), momentum (eta), decay (alpha): [B, T, H].
         state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
         residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
+        norm_weight, norm_bias: [H, D_v], the LayerNorm's per-head affine part (outer
+            parameters, not fast weights); None means weight 1 and bias 0.
+        max_grad_norm: clip each token's inner gradient to this norm (None: no clipping).
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token.
     """
-    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm)
+    check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
+                 norm_weight, norm_bias, max_grad_norm)
     dtype = compute_dtype(q.dtype)
     weights = [w.to(dtype) for w in state.weights]
     moms = [s.to(dtype) for s in state.momentum]
 
+    def memory(x: Tensor, ws: list[Tensor]) -> Tensor:
+        return mlp_forward(x, ws, activation, residual_norm, norm_weight, norm_bias)
+
     def inner_loss(ws: list[Tensor], k_t: Tensor, v_t: Tensor) -> Tensor:
         # Summing over (batch, head) keeps each (b, h)'s gradient its own: weights are per (b, h).
-        return 0.5 * (mlp_forward(k_t, ws, activation, residual_norm) - v_t).pow(2).sum()
+        return 0.5 * (memory(k_t, ws) - v_t).pow(2).sum()
 
     inner_grad = torch.func.grad(inner_loss)
     outputs = []
@@ -61,12 +79,15 @@ def memory_naive(
         k_t = k[:, t, :, None, :].to(dtype)  # [B, H, 1, D]
         v_t = v[:, t, :, None, :].to(dtype)
         grads = inner_grad(chunk_start, k_t, v_t)
+        if max_grad_norm is not None:
+            sq_norm = sum(u.pow(2).sum((-2, -1), keepdim=True) for u in grads)
+            grads = [u * grad_clip_scale(sq_norm, max_grad_norm) for u in grads]
         theta = lr[:, t, :, None, None].to(dtype)  # [B, H, 1, 1]
         eta = momentum[:, t, :, None, None].to(dtype)
         alpha = decay[:, t, :, None, None].to(dtype)
         moms = [eta * s - theta * u for s, u in zip(moms, grads, strict=True)]
         weights = [(1 - alpha) * w + s for w, s in zip(weights, moms, strict=True)]
         q_t = q[:, t, :, None, :].to(dtype)
-        outputs.append(mlp_forward(q_t, weights, activation, residual_norm)[:, :, 0])
+        outputs.append(memory(q_t, weights)[:, :, 0])
     o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(v.shape, dtype=dtype)
     return o.to(q.dtype), MemoryState(weights, moms)
