@@ -174,6 +174,26 @@ def test_gates_at_extremes(bias, monkeypatch):
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-12)
 
 
+def test_gates_start_inside_their_caps():
+    """theta <= max_lr / chunk_size, eta <= max_momentum, alpha <= max_decay, starting at half
+    the step bound, 0.9 of the momentum cap and 0.01 of the decay cap; the residual norm's
+    weight starts at 1 / sqrt(head_dim) (||LN(z) * weight|| = 1 = ||k||) and its bias at 0."""
+    layer = make_layer(chunk_size=8, max_lr=0.2, max_momentum=0.8, max_decay=0.5)
+    with torch.no_grad():
+        lr, eta, alpha = layer._gates(make_x(5))
+        layer.gate_proj.weight.fill_(100.0)
+        caps = layer._gates(torch.ones(1, 3, HIDDEN, dtype=torch.float64))
+    torch.testing.assert_close(lr.mean().item(), 0.2 / 8 / 2, rtol=0.05, atol=0)
+    torch.testing.assert_close(eta.mean().item(), 0.8 * 0.9, rtol=0.05, atol=0)
+    torch.testing.assert_close(alpha.mean().item(), 0.5 * 0.01, rtol=0.05, atol=0)
+    for gate, cap in zip(caps, (0.2 / 8, 0.8, 0.5), strict=True):
+        torch.testing.assert_close(gate, torch.full_like(gate, cap))
+    torch.testing.assert_close(layer.memory_norm_weight.detach(),
+                               torch.full((HEADS, HEAD_DIM), HEAD_DIM**-0.5, dtype=torch.float64))
+    assert torch.equal(layer.memory_norm_bias, torch.zeros(HEADS, HEAD_DIM, dtype=torch.float64))
+    assert make_layer(residual_norm=False).memory_norm_weight is None
+
+
 def test_stable_over_100k_tokens_float32():
     torch.manual_seed(0)
     layer = NeuralMemory(hidden_size=128, num_heads=2, head_dim=64)
@@ -209,6 +229,9 @@ def test_autocast_keeps_memory_state_in_float32():
         ({"max_lr": 0.0}, "max_lr"),
         ({"conv_kernel": -1}, "conv_kernel"),
         ({"checkpoint_chunks": 0}, "checkpoint_chunks"),
+        ({"max_momentum": 1.5}, "max_momentum"),
+        ({"max_decay": 0.0}, "max_decay"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
     ],
 )
 def test_bad_config_raises(kw, message):

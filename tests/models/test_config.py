@@ -125,6 +125,25 @@ def test_float_fields_accept_positive_ints_and_floats(field):
     assert getattr(small(**{field: 1e-3}), field) == 1e-3
 
 
+@pytest.mark.parametrize("field", ["memory_max_momentum", "memory_max_decay"])
+@pytest.mark.parametrize("bad", [0, -0.1, 1.01, float("nan"), "0.5", None, True])
+def test_gate_caps_must_lie_in_the_unit_interval(field, bad):
+    """The momentum and decay caps take a number in (0, 1] and nothing else."""
+    with raises_naming(field):
+        small(**{field: bad})
+    assert getattr(small(**{field: 1}), field) == 1
+    assert getattr(small(**{field: 0.5}), field) == 0.5
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "1", True])
+def test_memory_max_grad_norm_is_positive_or_none(bad):
+    """The inner-gradient clip is a number > 0, or None to switch it off."""
+    with raises_naming("memory_max_grad_norm"):
+        small(memory_max_grad_norm=bad)
+    assert small(memory_max_grad_norm=None).memory_max_grad_norm is None
+    assert small(memory_max_grad_norm=2).memory_max_grad_norm == 2
+
+
 def test_memory_activation_must_be_known():
     """memory_activation accepts gelu and silu and rejects anything else by name."""
     assert small(memory_activation="silu").memory_activation == "silu"

@@ -78,6 +78,8 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
         chunk_size=cfg.chunk_size, activation=cfg.memory_activation,
         residual_norm=cfg.memory_residual_norm, max_lr=cfg.memory_max_lr,
+        max_momentum=cfg.memory_max_momentum, max_decay=cfg.memory_max_decay,
+        max_grad_norm=cfg.memory_max_grad_norm,
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
         checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
     )

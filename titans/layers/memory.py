@@ -69,7 +69,15 @@ class NeuralMemory(nn.Module):
         chunk_size: tokens per inner mini-batch (gradients at the chunk-start weights).
         activation: ``"gelu"`` (exact) or ``"silu"`` between memory layers.
         residual_norm: memory ``M(x) = x + LayerNorm(mlp(x))`` (the NeurIPS version's default).
-        max_lr: upper bound of the data-dependent inner learning rate theta.
+        max_lr: upper bound of the step a chunk's *mean* inner gradient takes: the per-token
+            rate is ``theta_t = max_lr / chunk_size * sigmoid(.)``, so a chunk's summed step
+            stays the same whatever the chunk size (see docs/stability.md).
+        max_momentum: upper bound of the momentum eta (< 1, or a gradient is never forgotten
+            and its total gain theta / (1 - eta) is unbounded).
+        max_decay: upper bound of the forget gate alpha.
+        max_grad_norm: clip every token's inner gradient (all memory layers together) to this
+            norm, so that no token can move the memory by more than theta * max_grad_norm;
+            None turns clipping off.
         use_momentum: False is the "w/o momentum" ablation (eta = 0: plain online GD).
         use_decay: False is the "w/o weight decay" ablation (alpha = 0: nothing is forgotten).
         conv_kernel: causal depthwise conv width after the q/k/v projections; 0 = "w/o conv".
@@ -90,6 +98,9 @@ class NeuralMemory(nn.Module):
         activation: str = "gelu",
         residual_norm: bool = True,
         max_lr: float = 0.1,
+        max_momentum: float = 0.9,
+        max_decay: float = 0.1,
+        max_grad_norm: float | None = 1.0,
         use_momentum: bool = True,
         use_decay: bool = True,
         conv_kernel: int = 4,
@@ -109,9 +120,16 @@ class NeuralMemory(nn.Module):
         check_checkpoint_chunks(checkpoint_chunks)
         if not max_lr > 0:
             raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        for name, value in (("max_momentum", max_momentum), ("max_decay", max_decay)):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
         self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay
+        self.max_momentum, self.max_decay = max_momentum, max_decay
+        self.max_grad_norm = max_grad_norm
         self.conv_kernel, self.checkpoint_chunks = conv_kernel, checkpoint_chunks
         self.compile_step = compile_step
         inner = num_heads * head_dim
@@ -131,6 +149,12 @@ class NeuralMemory(nn.Module):
         self.memory_init = nn.ParameterList(
             nn.Parameter(torch.empty(num_heads, dims[i], dims[i + 1])) for i in range(memory_depth)
         )
+        # The residual LayerNorm's per-head weight and bias (outer parameters, as in TTT): without
+        # them ||M(k) - k|| is pinned at sqrt(head_dim) and the memory can never fit its values.
+        self.memory_norm_weight = self.memory_norm_bias = None
+        if residual_norm:
+            self.memory_norm_weight = nn.Parameter(torch.empty(num_heads, head_dim))
+            self.memory_norm_bias = nn.Parameter(torch.empty(num_heads, head_dim))
         self.out_norm = RMSNorm(head_dim, eps=1e-6)
         self.out_gate = nn.Linear(hidden_size, inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
@@ -139,9 +163,14 @@ class NeuralMemory(nn.Module):
     def reset_parameters(self) -> None:
         for w in self.memory_init:
             nn.init.normal_(w, std=w.shape[-2] ** -0.5)
+        if self.memory_norm_weight is not None:
+            # ||LN(z) * weight|| = 1 = ||k||: the residual branch starts on the keys' scale.
+            nn.init.constant_(self.memory_norm_weight, self.head_dim**-0.5)
+            nn.init.zeros_(self.memory_norm_bias)
         nn.init.normal_(self.gate_proj.weight, std=0.02)
         with torch.no_grad():
-            # Start at theta = max_lr / 2, eta = 0.9, alpha = 0.01.
+            # Start at half the step bound, eta = 0.9 max_momentum and alpha = 0.01 max_decay
+            # (0.001 at the default: a memory that forgets half of itself in ~700 tokens).
             bias = self.gate_proj.bias.view(3, self.num_heads)
             bias[0].fill_(0.0)
             bias[1].fill_(_inverse_sigmoid(0.9))
@@ -231,15 +260,17 @@ class NeuralMemory(nn.Module):
         weights = [w.to(compute_dtype(q.dtype)) for w in memory.weights]
         # The memory's read stays in >= float32 under autocast, like its updates.
         with torch.autocast(device_type=q.device.type, enabled=False):
-            o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm)
+            o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm,
+                            self.memory_norm_weight, self.memory_norm_bias)
         return self._output(o.transpose(1, 2), x), query_conv
 
     def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """theta in [0, max_lr], eta and alpha in [0, 1]; each [B, T, H]."""
+        """theta in [0, max_lr / chunk_size], eta in [0, max_momentum], alpha in [0, max_decay];
+        each [B, T, H], float32."""
         logits = self.gate_proj(x).float().view(*x.shape[:2], 3, self.num_heads)
-        lr = self.max_lr * torch.sigmoid(logits[..., 0, :])
-        eta = torch.sigmoid(logits[..., 1, :])
-        alpha = torch.sigmoid(logits[..., 2, :])
+        lr = self.max_lr / self.chunk_size * torch.sigmoid(logits[..., 0, :])
+        eta = self.max_momentum * torch.sigmoid(logits[..., 1, :])
+        alpha = self.max_decay * torch.sigmoid(logits[..., 2, :])
         if not self.use_momentum:
             eta = torch.zeros_like(eta)
         if not self.use_decay:
@@ -273,7 +304,9 @@ class NeuralMemory(nn.Module):
         # Whole chunks move the boundary state; the tail is read from it and kept as pending.
         split = (k.shape[1] // self.chunk_size) * self.chunk_size
         kw = dict(chunk_size=self.chunk_size, activation=self.activation,
-                  residual_norm=self.residual_norm, checkpoint_chunks=self.checkpoint_chunks,
+                  residual_norm=self.residual_norm, norm_weight=self.memory_norm_weight,
+                  norm_bias=self.memory_norm_bias, max_grad_norm=self.max_grad_norm,
+                  checkpoint_chunks=self.checkpoint_chunks,
                   compile_step=self.compile_step)
         seq = (q, k, v, lr, eta, alpha)
         head, memory = memory_chunked(*(t[:, :split] for t in seq), state.memory, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,10 @@ class TitansConfig:
     memory_head_dim: int | None = None  # None: head_dim
     memory_activation: str = "gelu"
     memory_residual_norm: bool = True  # M(x) = x + LayerNorm(mlp(x))
-    memory_max_lr: float = 0.1  # upper bound of the inner learning rate theta
+    memory_max_lr: float = 0.1  # step bound of a chunk's mean gradient: theta <= max_lr / chunk
+    memory_max_momentum: float = 0.9  # upper bound of the momentum eta (< 1: bounded total gain)
+    memory_max_decay: float = 0.1  # upper bound of the forget gate alpha
+    memory_max_grad_norm: float | None = 1.0  # clip each token's inner gradient; None: off
     use_momentum: bool = True
     use_decay: bool = True
     conv_kernel: int = 4  # causal depthwise conv on q, k, v; 0 = none
@@ -101,9 +105,12 @@ class TitansConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            _check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
+        for name in ("memory_max_momentum", "memory_max_decay"):
+            _check_number(name, getattr(self, name), "in (0, 1]", lambda x: 0 < x <= 1)
+        if self.memory_max_grad_norm is not None:
+            _check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0 (or null)",
+                          lambda x: x > 0)
         if self.memory_activation not in ACTIVATIONS:
             raise ValueError(
                 f"memory_activation must be one of {ACTIVATIONS}, got {self.memory_activation!r}"
@@ -177,6 +184,11 @@ class TitansConfig:
 
 _DERIVED = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
             "num_persistent_tokens")
+
+
+def _check_number(name: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
