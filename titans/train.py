@@ -10,6 +10,16 @@ Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored o
 embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
 (optimizer, schedule, RNG states, step, tokens seen) and ``metrics.jsonl`` (one JSON record per
 logged step and per evaluation).
+
+A training record holds ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm`` (before clipping),
+``tokens_per_s`` and ``elapsed`` (s), and for models with a neural memory its health in that step
+(:class:`titans.models.health.MemoryHealth`: maxima over the step's forward passes):
+``memory_weight_norm_max`` (largest Frobenius norm of a memory weight matrix), ``memory_lr_max``
+(largest inner learning rate theta) and ``memory_momentum_max`` (largest momentum eta). An
+evaluation record holds ``step``, ``tokens``, ``val_loss`` and ``elapsed``. Every step checks the
+loss and the gradient norm: if either is not finite, training stops with a one-line
+``FloatingPointError`` naming the cause (and the first parameter with a non-finite gradient)
+before the optimizer takes the step, so no diverged weights are saved.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from titans import distributed
 from titans.distributed import DistEnv
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
+from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
 
 WEIGHTS_FILE = "model.safetensors"
@@ -234,6 +245,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             continue
         is_value = (
             name == "embed_tokens.weight" or name.endswith(".persistent") or ".memory_init." in name
+            or ".memory_norm_" in name
         )
         (decay if param.ndim >= 2 and not is_value else no_decay).append((name, param))
     return [
@@ -293,10 +305,19 @@ def train(
     resume, an out_dir that already holds a checkpoint is refused (``FileExistsError``) rather
     than overwritten.
 
+    Every ``log_every`` steps a record goes to ``metrics.jsonl`` (and TensorBoard / W&B when
+    enabled): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``elapsed`` and, for a model
+    with a neural memory, ``memory_weight_norm_max``, ``memory_lr_max`` and
+    ``memory_momentum_max`` (see the module docstring); the progress bar shows the last three as
+    ``|W|``, ``theta`` and ``mom``. A non-finite loss or gradient norm at any step raises
+    ``FloatingPointError`` naming the step, the cause, the first parameter with a non-finite
+    gradient, the memory's health and the step of the checkpoint left in out_dir.
+
     Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
-    and saves. Returns the summary ``{"steps", "tokens", "final_train_loss", "final_val_loss",
-    "best_val_loss", "tokens_per_s" (training throughput of this session without its first
-    step), "num_parameters", "wall_time" (s, all sessions), "out_dir"}``.
+    and saves (the memory health it logs is of its own batches). Returns the summary
+    ``{"steps", "tokens", "final_train_loss", "final_val_loss", "best_val_loss", "tokens_per_s"
+    (training throughput of this session without its first step), "num_parameters", "wall_time"
+    (s, all sessions), "out_dir"}``.
     """
     if not isinstance(model_config, TitansConfig):
         raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
@@ -354,6 +375,7 @@ def _train(
     if resume:
         progress = _load_trainer_state(out_dir, model_config, cfg, env.world_size, model, optimizer)
     first_step, earlier_sessions = progress.step, progress.elapsed
+    saved_step = progress.step if resume else None  # the step of the checkpoint in out_dir
 
     def elapsed() -> float:  # wall time of the run: earlier sessions plus this one
         return earlier_sessions + time.perf_counter() - session_start
@@ -387,6 +409,7 @@ def _train(
             group["lr"] = lr
 
         loss_sum = torch.zeros((), device=env.device)
+        health = MemoryHealth(step_model)  # the memory's health, over this step's micro-batches
         for micro in range(cfg.grad_accum):
             batch, labels = (t.to(env.device) for t in train_source(
                 cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
@@ -396,13 +419,23 @@ def _train(
             last_micro = micro == cfg.grad_accum - 1
             sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
             with sync:
-                with torch.autocast(env.device.type, amp_dtype, enabled=amp_dtype is not None):
+                with health, torch.autocast(env.device.type, amp_dtype,
+                                            enabled=amp_dtype is not None):
                     loss = step_model(batch, labels=labels, return_logits=False).loss
                     loss = loss / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
-        # Clip to grad_clip, or with an infinite bound (0 = off) just to measure the norm.
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+        train_loss = distributed.all_reduce_mean(loss_sum, env)
+        with_grad = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = _grad_norm(with_grad)  # the same on every process: DDP averaged the gradients
+        # One read of the device per step: a non-finite loss or gradient stops the run before
+        # the optimizer steps, so diverged weights are never taken, let alone saved.
+        if not bool(torch.isfinite(train_loss) & torch.isfinite(grad_norm)):
+            raise FloatingPointError(_divergence_message(
+                progress.step + 1, train_loss, grad_norm, model, health, out_dir, saved_step
+            ))
+        if cfg.grad_clip:  # 0 = off: the norm is still reported
+            _clip_grads(with_grad, cfg.grad_clip, grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
@@ -410,14 +443,8 @@ def _train(
         last_step = progress.step == num_steps
         log_now = progress.step % cfg.log_every == 0 or last_step
         save_now = progress.step % cfg.save_every == 0 or last_step
-        if log_now or save_now:  # reading the loss waits for the device, so only when needed
-            progress.final_train_loss = distributed.all_reduce_mean(loss_sum, env).item()
-            if not math.isfinite(progress.final_train_loss):  # never save diverged weights
-                raise FloatingPointError(
-                    f"training diverged: loss {progress.final_train_loss} at step "
-                    f"{progress.step}; the checkpoint in {out_dir} is from before (try a lower lr "
-                    "or a longer warmup)"
-                )
+        if log_now or save_now:
+            progress.final_train_loss = train_loss.item()
         step_time = time.perf_counter() - step_start
         window_tokens, window_time = window_tokens + tokens_per_step, window_time + step_time
         train_time += step_time
@@ -428,15 +455,19 @@ def _train(
             record = {
                 "step": progress.step, "tokens": progress.tokens,
                 "loss": progress.final_train_loss, "lr": lr, "grad_norm": grad_norm.item(),
+                **health.summary(),  # memory models only: see MemoryHealth
                 "tokens_per_s": window_tokens / window_time, "elapsed": elapsed(),
             }
             window_tokens, window_time = 0, 0.0
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+            shown = _health_fields(record)
+            bar.set_postfix({"loss": f"{record['loss']:.4f}", **shown,
+                             "tok_s": f"{record['tokens_per_s']:.0f}"},
                             refresh=False)  # shown by the update below
             if bar.disable and cfg.progress and env.is_main:
                 # No terminal (a log file, CI): one plain line per record instead of the bar.
                 eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
-                print(f"step {progress.step}/{num_steps}  loss {record['loss']:.4f}  "
+                memory = "".join(f"{k} {v}  " for k, v in shown.items())
+                print(f"step {progress.step}/{num_steps}  loss {record['loss']:.4f}  {memory}"
                       f"{record['tokens_per_s']:.0f} tok/s  eta {eta / 60:.1f} min", flush=True)
             if metrics is not None:
                 metrics.write(record)
@@ -465,6 +496,7 @@ def _train(
             if env.is_main:
                 saved = dataclasses.replace(progress, elapsed=elapsed())
                 _save_checkpoint(out_dir, model, cfg, optimizer, saved, num_steps, env.world_size)
+            saved_step = progress.step
             distributed.barrier(env)
 
     bar.close()
@@ -548,6 +580,85 @@ def _amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+# ``clip_grad_norm_`` in two halves, so that the norm is checked before any gradient is scaled
+# (scaling by a non-finite norm would make every gradient nan and hide where the trouble began).
+
+
+def _grad_norm(params: list[nn.Parameter]) -> Tensor:
+    """The 2-norm of the gradients of ``params`` together (0-d), as ``clip_grad_norm_`` has it."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6
+        return nn.utils.get_total_norm(grads)
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _clip_grads(params: list[nn.Parameter], max_norm: float, total_norm: Tensor) -> None:
+    """Scale the gradients of ``params`` in place to a total norm of at most ``max_norm``."""
+    if hasattr(nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6
+        nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
+        return
+    scale = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale.to(p.grad.device))
+
+
+def _first_nonfinite_grad(model: nn.Module) -> str | None:
+    """The name of the first parameter (in ``named_parameters()`` order) whose gradient holds a
+    nan or inf, or None."""
+    for name, param in model.named_parameters():
+        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+            return name
+    return None
+
+
+# How the memory's health shows in the progress bar and the plain progress line.
+_HEALTH_LABELS = {WEIGHT_NORM_KEY: "|W|", LR_KEY: "theta", MOMENTUM_KEY: "mom"}
+
+
+def _health_fields(values: dict[str, Any]) -> dict[str, str]:
+    """The memory health values present in ``values``, compact: ``{"|W|": "12.3", ...}``."""
+    return {label: f"{values[key]:.3g}" for key, label in _HEALTH_LABELS.items() if key in values}
+
+
+def _divergence_message(
+    step: int,
+    loss: Tensor,
+    grad_norm: Tensor,
+    model: nn.Module,
+    health: MemoryHealth,
+    out_dir: Path,
+    saved_step: int | None,
+) -> str:
+    """One line on a step whose loss or gradient is not finite: which of them, the first
+    parameter with a non-finite gradient, the memory's health in that step (memory models) and
+    what ``out_dir`` holds (never the diverged weights)."""
+    loss_value, norm_value = loss.item(), grad_norm.item()
+    if math.isfinite(norm_value):
+        grad = f"the gradient is finite (norm {norm_value:.4g})"
+    else:
+        name = _first_nonfinite_grad(model)
+        where = (f"first non-finite gradient: {name}" if name is not None
+                 else "every gradient is finite but their norm overflows")
+        grad = f"the gradient is non-finite (norm {norm_value}; {where})"
+    if not math.isfinite(loss_value):
+        cause = f"the loss is non-finite ({loss_value}); {grad}"
+    else:
+        cause = f"{grad} while the loss is finite ({loss_value:.4f})"
+    values = health.summary()
+    memory = ""
+    if values:
+        memory = (f"; memory in that step: weight norm max {values[WEIGHT_NORM_KEY]:.4g}, "
+                  f"theta max {values.get(LR_KEY, math.nan):.4g}, "
+                  f"eta max {values.get(MOMENTUM_KEY, math.nan):.4g}")
+    saved = (f"the checkpoint in {out_dir} is from step {saved_step}, before the divergence"
+             if saved_step is not None else f"no checkpoint was saved in {out_dir}")
+    return (f"training diverged at step {step}: {cause}{memory}; {saved} (try a lower lr or a "
+            "longer warmup)")
 
 
 # --------------------------------------------------------------------------------------------
