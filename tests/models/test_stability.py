@@ -87,9 +87,10 @@ def test_deep_memory_trains_stably_on_the_corpus(variant: str, tmp_path: Path) -
     assert len(records) == 150
     norms = [r["grad_norm"] for r in records]
     assert max(norms) <= 50 * statistics.median(norms)
+    # The gates are float32: a saturated sigmoid times its cap may round just above the cap.
     for r in records:
-        assert r[LR_KEY] <= config.memory_max_lr / config.chunk_size
-        assert r[MOMENTUM_KEY] <= config.memory_max_momentum
+        assert r[LR_KEY] <= config.memory_max_lr / config.chunk_size * (1 + 1e-6)
+        assert r[MOMENTUM_KEY] <= config.memory_max_momentum * (1 + 1e-6)
         assert r[WEIGHT_NORM_KEY] < 100
     first = statistics.mean(r["loss"] for r in records[:10])
     last = statistics.mean(r["loss"] for r in records[-10:])
