@@ -59,7 +59,7 @@ def main() -> None:
     def record(layer: NeuralMemory, inputs: tuple[Tensor, ...],
                output: tuple[Tensor, NeuralMemoryState]) -> None:
         with torch.no_grad():
-            theta, eta, alpha = layer._gates(inputs[0])
+            theta, eta, alpha = layer.gates(inputs[0])
             weights = output[1].memory.weights
             norm = max(torch.linalg.matrix_norm(w).max().item() for w in weights)
             for key, value in (("theta", theta.max().item()), ("eta", eta.max().item()),

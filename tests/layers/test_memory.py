@@ -180,9 +180,9 @@ def test_gates_start_inside_their_caps():
     weight starts at 1 / sqrt(head_dim) (||LN(z) * weight|| = 1 = ||k||) and its bias at 0."""
     layer = make_layer(chunk_size=8, max_lr=0.2, max_momentum=0.8, max_decay=0.5)
     with torch.no_grad():
-        lr, eta, alpha = layer._gates(make_x(5))
+        lr, eta, alpha = layer.gates(make_x(5))
         layer.gate_proj.weight.fill_(100.0)
-        caps = layer._gates(torch.ones(1, 3, HIDDEN, dtype=torch.float64))
+        caps = layer.gates(torch.ones(1, 3, HIDDEN, dtype=torch.float64))
     torch.testing.assert_close(lr.mean().item(), 0.2 / 8 / 2, rtol=0.05, atol=0)
     torch.testing.assert_close(eta.mean().item(), 0.8 * 0.9, rtol=0.05, atol=0)
     torch.testing.assert_close(alpha.mean().item(), 0.5 * 0.01, rtol=0.05, atol=0)

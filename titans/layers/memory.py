@@ -264,7 +264,7 @@ class NeuralMemory(nn.Module):
                             self.memory_norm_weight, self.memory_norm_bias)
         return self._output(o.transpose(1, 2), x), query_conv
 
-    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """theta in [0, max_lr / chunk_size], eta in [0, max_momentum], alpha in [0, max_decay];
         each [B, T, H], float32."""
         logits = self.gate_proj(x).float().view(*x.shape[:2], 3, self.num_heads)
@@ -293,7 +293,7 @@ class NeuralMemory(nn.Module):
         else:
             self._check_state(state, b)
         q, k, v, conv_cache = self._qkv(x, state.conv)
-        lr, eta, alpha = self._gates(x)
+        lr, eta, alpha = self.gates(x)
 
         # Replay the pending tokens of the open chunk (their outputs were given already).
         n_pend = state.num_pending

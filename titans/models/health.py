@@ -107,7 +107,7 @@ class MemoryHealth:
             ]).amax()
             self.weight_norm = _running_max(self.weight_norm, weight_norm)
             if x.shape[1]:  # a call on no tokens has no gates
-                lr, eta, _ = module._gates(x)  # each [B, T, H], float32
+                lr, eta, _ = module.gates(x)  # each [B, T, H], float32
                 self.lr = _running_max(self.lr, lr.float().amax())
                 self.momentum = _running_max(self.momentum, eta.float().amax())
 
