@@ -48,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from titans import distributed
+from titans.checks import check_number
 from titans.distributed import DistEnv
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
@@ -163,8 +164,7 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 
 def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ValueError(f"TrainConfig.{name} must be a number {rule}, got {value!r}")
+    check_number(f"TrainConfig.{name}", value, rule, ok)
 
 
 # --------------------------------------------------------------------------------------------

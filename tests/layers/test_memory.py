@@ -232,6 +232,7 @@ def test_autocast_keeps_memory_state_in_float32():
         ({"max_momentum": 1.5}, "max_momentum"),
         ({"max_decay": 0.0}, "max_decay"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"max_decay": "0.1"}, "max_decay must be a number"),
     ],
 )
 def test_bad_config_raises(kw, message):

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from titans.checks import check_number
 from titans.layers.norm import RMSNorm
 from titans.ops import MemoryState, memory_chunked
 from titans.ops.memory_common import (
     ACTIVATIONS,
     check_checkpoint_chunks,
+    check_max_grad_norm,
     compute_dtype,
     mlp_forward,
 )
@@ -118,13 +120,10 @@ class NeuralMemory(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         check_checkpoint_chunks(checkpoint_chunks)
-        if not max_lr > 0:
-            raise ValueError(f"max_lr must be > 0, got {max_lr!r}")
+        check_number("max_lr", max_lr, "> 0", lambda x: x > 0)
         for name, value in (("max_momentum", max_momentum), ("max_decay", max_decay)):
-            if not 0 < value <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
+            check_number(name, value, "in (0, 1]", lambda x: 0 < x <= 1)
+        check_max_grad_norm(max_grad_norm)
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
         self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay

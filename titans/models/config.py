@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from titans.checks import check_number
 from titans.ops.memory_common import ACTIVATIONS
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "transformer", "swa")
@@ -105,11 +105,11 @@ class TitansConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
-            _check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
+            check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
         for name in ("memory_max_momentum", "memory_max_decay"):
-            _check_number(name, getattr(self, name), "in (0, 1]", lambda x: 0 < x <= 1)
+            check_number(name, getattr(self, name), "in (0, 1]", lambda x: 0 < x <= 1)
         if self.memory_max_grad_norm is not None:
-            _check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0 (or null)",
+            check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0 (or null)",
                           lambda x: x > 0)
         if self.memory_activation not in ACTIVATIONS:
             raise ValueError(
@@ -184,11 +184,6 @@ class TitansConfig:
 
 _DERIVED = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
             "num_persistent_tokens")
-
-
-def _check_number(name: str, value: Any, rule: str, ok: Callable[[float], bool]) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-        raise ValueError(f"{name} must be a number {rule}, got {value!r}")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from titans.checks import check_number
+
 ACTIVATIONS = ("gelu", "silu")
 LAYER_NORM_EPS = 1e-5
 
@@ -104,11 +106,7 @@ def check_inputs(
             raise ValueError(
                 f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
             )
-    if max_grad_norm is not None and (
-        isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float))
-        or not max_grad_norm > 0
-    ):
-        raise ValueError(f"max_grad_norm must be None or a number > 0, got {max_grad_norm!r}")
+    check_max_grad_norm(max_grad_norm)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if activation not in ACTIVATIONS:
@@ -144,6 +142,11 @@ def check_checkpoint_chunks(checkpoint_chunks: int | None) -> None:
         not isinstance(checkpoint_chunks, int) or checkpoint_chunks < 1
     ):
         raise ValueError(f"checkpoint_chunks must be None or an int >= 1: {checkpoint_chunks!r}")
+
+
+def check_max_grad_norm(max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None:
+        check_number("max_grad_norm", max_grad_norm, "> 0 (or None)", lambda x: x > 0)
 
 
 def grad_clip_scale(sq_norm: Tensor, max_grad_norm: float) -> Tensor:
