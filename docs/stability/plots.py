@@ -10,6 +10,8 @@ from pathlib import Path
 
 import matplotlib
 
+from titans.io import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -39,7 +41,8 @@ def main() -> None:
     axes.flat[0].legend()
     fig.suptitle("MAC small on the embedded corpus, lr 3e-3, clip 1.0: old vs new memory defaults")
     fig.tight_layout()
-    fig.savefig(HERE / "before-after.png", dpi=110)
+    with atomic_write(HERE / "before-after.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
 
 
 if __name__ == "__main__":

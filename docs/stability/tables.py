@@ -18,7 +18,7 @@ from pathlib import Path
 
 import matplotlib
 
-from titans.io import atomic_save_json
+from titans.io import atomic_save_json, atomic_write
 from titans.train import read_metrics
 
 matplotlib.use("Agg")
@@ -76,7 +76,8 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "val-loss.png")
+    with atomic_write(HERE / "val-loss.png", "wb") as f:
+        fig.savefig(f, format="png")
 
 
 if __name__ == "__main__":

@@ -26,20 +26,16 @@ from titans.config_files import DataConfig
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.models.config import TitansConfig
 from titans.models.lm import TitansLM
-from titans.ops.memory_common import activation_fn
+from titans.ops.memory_common import mlp_forward
 from titans.train import get_batch, lr_multiplier, param_groups
 
 
 def lm_input_spread(layer: NeuralMemory, weights: list[Tensor]) -> float:
     """Smallest std over features of the memory MLP's output (the residual LayerNorm's input)."""
     b, h, d = weights[0].shape[0], layer.num_heads, layer.head_dim
-    x = F.normalize(torch.randn(b, h, 8, d), dim=-1)
-    act = activation_fn(layer.activation)
-    for i, w in enumerate(weights):
-        x = x @ w.float()
-        if i < len(weights) - 1:
-            x = act(x)
-    return x.std(-1).min().item()
+    q = F.normalize(torch.randn(b, h, 8, d), dim=-1)
+    z = mlp_forward(q, [w.float() for w in weights], layer.activation, residual_norm=False)
+    return z.std(-1).min().item()
 
 
 def main() -> None:
