@@ -19,9 +19,17 @@ memory MLP depth 2 / expansion 4, chunk 16, float32):
 
 ``--compare`` also benchmarks ``titans_pytorch.NeuralMemory`` (PyPI ``titans-pytorch``) in the
 same config, at every T or at the T given after it. Results are printed and written to ``--out``
-(JSON, default benchmarks/results/memory_throughput.json).
+(JSON, default benchmarks/results/memory_throughput.json). The summary gives, for fwd+bwd, the
+titans-lm / titans-pytorch ratio at each compared T, the % of the matmul peak at each T and
+time(longest T) / time(shortest T), then issue 11's targets (>= 8x titans-pytorch and >= 45% of
+the peak at T=4K, time(16K) / time(1K) <= 17) with the measured values.
+
+``--device`` (cpu by default; cuda, cuda:N or mps) puts the layer, its input and the matmul-peak
+product on that device in every worker and synchronises it around each timed run; a device this
+machine does not have is a one-line error.
 
     python benchmarks/memory_throughput.py [--compare [T ...]] [--seq-lens 1024 4096 16384]
+    python benchmarks/memory_throughput.py --device cuda --compare 1024 4096
     python benchmarks/memory_throughput.py --peak   # only the fp32 matmul peak
 """
 
@@ -31,31 +39,35 @@ import argparse
 import importlib.util
 import json
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from measure import (
-    REPO,
-    machine_info,
+    RESULTS,
+    add_device_argument,
+    check_device,
+    format_mib,
     matmul_peak,
-    memory_method,
-    peak_memory,
+    peak_memory_mib,
     reset_peak_memory,
-    system_busy_s,
+    run_worker_process,
+    save_report,
+    time_runs,
+    warn_if_busy,
 )
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from titans.io import atomic_save_json
-
 HIDDEN, HEADS, HEAD_DIM, DEPTH, EXPANSION, CHUNK = 256, 4, 64, 2, 4, 16
 IMPLS = ("titans-lm", "titans-pytorch")
 MODES = ("fwd", "fwd+bwd")
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "memory_throughput.json"
+DEFAULT_OUT = RESULTS / "memory_throughput.json"
+# Issue 11's targets, all for titans-lm's fwd+bwd: tokens/s over titans-pytorch's and % of the
+# fp32 matmul peak at TARGET_T, and time(long) / time(short).
+TARGET_T, TARGET_SPEEDUP, TARGET_PEAK_PCT = 4096, 8.0, 45.0
+TARGET_SCALING = (1024, 16384, 17.0)
 
 
 def build_model(impl: str, compile_step: bool = False) -> nn.Module:
@@ -107,16 +119,6 @@ def conv_backward_flops(grad_out_shape: list[int], x_shape: list[int], w_shape: 
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-
-
-
-
-
-
-
-
-
-
 def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
                device_name: str, compile_step: bool) -> dict:
     """Time, count FLOPs and measure peak memory of one (impl, T, mode) in this process."""
@@ -124,25 +126,11 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
     torch.manual_seed(0)
     model = build_model(impl, compile_step).to(device)
     x = torch.randn(batch, seq_len, HIDDEN, device=device)
-    step = make_step(model, x, mode)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     base = reset_peak_memory(device)
-    step()  # warm-up (and, with --compile-step, compilation)
-    sync()
+    # The warm-up run also compiles, with --compile-step.
+    times, others = time_runs(make_step(model, x, mode), repeats, device)
+    peak = peak_memory_mib(device, base)
     params = list(model.parameters())
-    times = []
-    busy, own, wall = system_busy_s(), time.process_time(), time.perf_counter()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    others = (system_busy_s() - busy - (time.process_time() - own)) / (time.perf_counter() - wall)
-    peak = peak_memory(device) - base
     # FLOPs are counted after the peak memory was read: counting allocates too.
     flop_formulas = {torch.ops.aten.convolution_backward: conv_backward_flops}
     # Compiled kernels bypass the counter, so FLOPs are counted on the same layer run eagerly.
@@ -155,25 +143,17 @@ def run_worker(impl: str, seq_len: int, mode: str, batch: int, repeats: int,
         "impl": impl, "seq_len": seq_len, "mode": mode, "batch": batch, "times_s": times,
         "best_s": best, "median_s": statistics.median(times),
         "tokens_per_s": batch * seq_len / best, "flops": flops, "gflops_per_s": flops / best / 1e9,
-        "peak_mem_mib": peak / 2**20, "num_params": len(params),
-        "other_processes_cores": max(others, 0.0),
+        "peak_mem_mib": peak, "num_params": len(params), "other_processes_cores": others,
         "params_with_grad": sum(p.grad is not None for p in params) if mode == "fwd+bwd" else None,
     }
 
 
 def spawn_worker(args: argparse.Namespace, impl: str, seq_len: int, mode: str) -> dict:
     """Run one measurement in a fresh Python process; returns its JSON result."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(seq_len), mode,
-           "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
-           "--device", args.device] + (["--compile-step"] if args.compile_step else [])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"worker failed ({impl}, T={seq_len}, {mode}): exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-
-
+    argv = ["--worker", impl, str(seq_len), mode, "--batch-size", str(args.batch_size),
+            "--repeats", str(args.repeats), "--device", args.device]
+    argv += ["--compile-step"] if args.compile_step else []
+    return run_worker_process(Path(__file__).resolve(), argv, f"{impl}, T={seq_len}, {mode}")
 
 
 def ratios(num: dict[str, dict], den: dict[str, dict], key: str) -> str:
@@ -182,7 +162,7 @@ def ratios(num: dict[str, dict], den: dict[str, dict], key: str) -> str:
 
 
 def print_report(report: dict) -> None:
-    """Table, scaling ratios and, with --compare, titans-lm / titans-pytorch ratios."""
+    """Table, scaling ratios, with --compare titans-lm / titans-pytorch ratios, and the targets."""
     runs: dict[tuple[str, int], dict[str, dict]] = {}
     for r in report["results"]:
         runs.setdefault((r["impl"], r["seq_len"]), {})[r["mode"]] = r
@@ -197,10 +177,8 @@ def print_report(report: dict) -> None:
         print(f"{r['impl']:<15}{r['seq_len']:>6}{r['mode']:>9}{r['best_s'] * 1e3:>11.1f}"
               f"{r['median_s'] * 1e3:>11.1f}{r['tokens_per_s']:>10.0f}{r['flops'] / 1e9:>9.2f}"
               f"{r['gflops_per_s']:>9.2f}{100 * r['gflops_per_s'] / peak:>7.1f}%"
-              f"{r['peak_mem_mib']:>10.1f}{r['other_processes_cores']:>8.2f}")
-    print("others = cores used on average by other processes while timing (from /proc/stat)")
-    if max(r["other_processes_cores"] for r in report["results"]) > 0.1:
-        print("WARNING: other processes were busy during some timings; those numbers are low")
+              f"{format_mib(r['peak_mem_mib'], 10)}{r['other_processes_cores']:>8.2f}")
+    warn_if_busy(report["results"])
     print()
     for impl in IMPLS:
         lens = sorted(t for i, t in runs if i == impl)
@@ -211,15 +189,55 @@ def print_report(report: dict) -> None:
               "received a gradient")
         if len(lens) > 1:
             lo, hi = lens[0], lens[-1]
-            target = "; target for fwd+bwd <= 18" if (lo, hi) == (1024, 16384) else ""
             print(f"{impl}: time(T={hi}) / time(T={lo}): "
                   f"{ratios(runs[(impl, hi)], runs[(impl, lo)], 'best_s')} "
-                  f"(linear: {hi / lo:.0f}x{target})")
+                  f"(linear: {hi / lo:.0f}x)")
+        print(f"{impl}: % of the fp32 matmul peak, fwd+bwd: " + "  ".join(
+            f"T={t} {100 * runs[(impl, t)]['fwd+bwd']['gflops_per_s'] / peak:.1f}%"
+            for t in lens))
     for t in sorted(t for i, t in runs if i == IMPLS[1]):
         print(f"throughput titans-lm / titans-pytorch at T={t}: "
               f"{ratios(runs[(IMPLS[0], t)], runs[(IMPLS[1], t)], 'tokens_per_s')}")
+    print_targets(runs, peak, report["config"]["compile_step"])
 
 
+def print_targets(runs: dict[tuple[str, int], dict[str, dict]], peak: float,
+                  compile_step: bool) -> None:
+    """Issue 11's three layer targets (titans-lm fwd+bwd), each measured value and whether it is
+    met; a target whose runs are missing says which runs it needs."""
+    def fwd_bwd(impl: str, t: int) -> dict | None:
+        return runs.get((impl, t), {}).get("fwd+bwd")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lm, tp = fwd_bwd(IMPLS[0], TARGET_T), fwd_bwd(IMPLS[1], TARGET_T)
+    lo, hi, max_scaling = TARGET_SCALING
+    short, long = fwd_bwd(IMPLS[0], lo), fwd_bwd(IMPLS[0], hi)
+    lines = []
+    if lm and tp:
+        speedup = lm["tokens_per_s"] / tp["tokens_per_s"]
+        lines.append(f"tokens/s over titans-pytorch at T={TARGET_T}: {speedup:.2f}x "
+                     f"(target >= {TARGET_SPEEDUP:g}x: {verdict(speedup >= TARGET_SPEEDUP)})")
+    else:
+        lines.append(f"tokens/s over titans-pytorch at T={TARGET_T}: not measured "
+                     f"(needs --seq-lens {TARGET_T} and --compare {TARGET_T})")
+    if lm:
+        pct = 100 * lm["gflops_per_s"] / peak
+        lines.append(f"% of the fp32 matmul peak at T={TARGET_T}: {pct:.1f}% "
+                     f"(target >= {TARGET_PEAK_PCT:g}%: {verdict(pct >= TARGET_PEAK_PCT)})")
+    else:
+        lines.append(f"% of the fp32 matmul peak at T={TARGET_T}: not measured")
+    if short and long:
+        scaling = long["best_s"] / short["best_s"]
+        lines.append(f"time(T={hi}) / time(T={lo}): {scaling:.2f} "
+                     f"(target <= {max_scaling:g}: {verdict(scaling <= max_scaling)})")
+    else:
+        lines.append(f"time(T={hi}) / time(T={lo}): not measured (needs --seq-lens {lo} {hi})")
+    build = "compile_step=True" if compile_step else "eager (the layer's default)"
+    print(f"\ntargets (issue 11), titans-lm {build}, fwd+bwd:")
+    for line in lines:
+        print("  " + line)
 
 
 def main() -> None:
@@ -227,7 +245,7 @@ def main() -> None:
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--compare", type=int, nargs="*", metavar="T",
                         help="also benchmark titans-pytorch's NeuralMemory (at these T; "
@@ -237,7 +255,7 @@ def main() -> None:
                         help="titans-lm with compile_step=True (torch.compile'd chunk step)")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "T", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-
+    check_device(args.device)
     if args.worker:
         impl, seq_len, mode = args.worker
         print(json.dumps(run_worker(impl, int(seq_len), mode, args.batch_size, args.repeats,
@@ -257,21 +275,16 @@ def main() -> None:
             for mode in MODES:
                 r = spawn_worker(args, impl, seq_len, mode)
                 print(f"{impl:<15} T={seq_len:<6} {mode:<8} best {r['best_s'] * 1e3:9.1f} ms  "
-                      f"{r['tokens_per_s']:9.0f} tok/s  peak {r['peak_mem_mib']:8.1f} MiB",
-                      flush=True)
+                      f"{r['tokens_per_s']:9.0f} tok/s  peak"
+                      f"{format_mib(r['peak_mem_mib'], 9)} MiB", flush=True)
                 results.append(r)
-    report = {"machine": machine_info(args.device), "argv": sys.argv[1:],
-              "config": {"batch": args.batch_size, "hidden_size": HIDDEN, "num_heads": HEADS,
-                         "head_dim": HEAD_DIM, "memory_depth": DEPTH,
-                         "memory_expansion": EXPANSION, "chunk_size": CHUNK,
-                         "repeats": args.repeats, "dtype": "float32",
-                         "compile_step": args.compile_step},
-              "peak_matmul_gflops": peak, "memory_method": memory_method(args.device),
-              "results": results}
+    config = {"batch": args.batch_size, "hidden_size": HIDDEN, "num_heads": HEADS,
+              "head_dim": HEAD_DIM, "memory_depth": DEPTH, "memory_expansion": EXPANSION,
+              "chunk_size": CHUNK, "repeats": args.repeats, "dtype": "float32",
+              "compile_step": args.compile_step}
+    report = save_report(args.out, args.device, config, results, peak_matmul_gflops=peak)
     print_report(report)
-    atomic_save_json(report, args.out)
     print(f"\nwrote {args.out}")
-
 
 if __name__ == "__main__":
     main()

@@ -21,26 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from measure import (
-    REPO,
-    machine_info,
-    memory_method,
-    peak_memory,
+    RESULTS,
+    OtherLoad,
+    add_device_argument,
+    check_device,
+    format_mib,
+    peak_memory_mib,
     reset_peak_memory,
-    system_busy_s,
+    run_worker_process,
+    save_report,
+    synchronize,
+    time_runs,
+    warn_if_busy,
 )
 
 from titans import TitansConfig, TitansLM, stream
-from titans.io import atomic_save_json
 from titans.models import VARIANTS
 
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "model_throughput.json"
+DEFAULT_OUT = RESULTS / "model_throughput.json"
 
 
 def build(args: argparse.Namespace, variant: str) -> TitansLM:
@@ -56,22 +59,17 @@ def run_worker(args: argparse.Namespace, variant: str, mode: str, length: int) -
     gen = torch.Generator().manual_seed(1)
     result = {"variant": variant, "mode": mode, "length": length,
               "num_parameters": model.num_parameters()}
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     if mode == "stream":
         tokens = torch.randint(0, vocab, (length,), generator=gen)
         base = reset_peak_memory(device)
-        busy, own, start = system_busy_s(), time.process_time(), time.perf_counter()
+        load, start = OtherLoad(), time.perf_counter()
         state = None
         for piece in stream(model, tokens, piece_len=1024):
             state = piece.state
-        sync()
+        synchronize(device)
         elapsed = time.perf_counter() - start
         result.update(tokens_per_s=length / elapsed, seconds=elapsed,
-                      state_mib=state.num_bytes() / 2**20)
+                      state_mib=state.num_bytes() / 2**20, other_processes_cores=load.cores())
     else:
         ids = torch.randint(0, vocab, (args.batch_size, length), generator=gen).to(device)
         if mode == "train":
@@ -92,32 +90,18 @@ def run_worker(args: argparse.Namespace, variant: str, mode: str, length: int) -
                         out = model(nxt, out.state, logits_to_keep=1)
             tokens = args.batch_size * args.decode_tokens
         base = reset_peak_memory(device)
-        step()  # warm-up
-        sync()
-        times = []
-        busy, own, start = system_busy_s(), time.process_time(), time.perf_counter()
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
+        times, others = time_runs(step, args.repeats, device)
         result.update(tokens_per_s=tokens / min(times), best_s=min(times),
-                      median_s=statistics.median(times))
-    others = (system_busy_s() - busy - (time.process_time() - own)) / elapsed
-    result.update(peak_mem_mib=(peak_memory(device) - base) / 2**20,
-                  other_processes_cores=max(others, 0.0))
+                      median_s=statistics.median(times), other_processes_cores=others)
+    result["peak_mem_mib"] = peak_memory_mib(device, base)
     return result
 
 
 def spawn(args: argparse.Namespace, variant: str, mode: str, length: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, mode, str(length),
-           "--preset", args.preset, "--batch-size", str(args.batch_size), "--repeats",
-           str(args.repeats), "--decode-tokens", str(args.decode_tokens), "--device", args.device]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"worker failed ({variant}, {mode}, {length}): exit {proc.returncode}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    argv = ["--worker", variant, mode, str(length), "--preset", args.preset, "--batch-size",
+            str(args.batch_size), "--repeats", str(args.repeats), "--decode-tokens",
+            str(args.decode_tokens), "--device", args.device]
+    return run_worker_process(Path(__file__).resolve(), argv, f"{variant}, {mode}, {length}")
 
 
 def print_report(results: list[dict]) -> None:
@@ -127,9 +111,9 @@ def print_report(results: list[dict]) -> None:
     for r in results:
         state = f"{r['state_mib']:.2f}" if "state_mib" in r else "-"
         print(f"{r['variant']:<12}{r['num_parameters'] / 1e6:>8.2f}M{r['mode']:>8}"
-              f"{r['length']:>9}{r['tokens_per_s']:>10.0f}{r['peak_mem_mib']:>10.1f}"
+              f"{r['length']:>9}{r['tokens_per_s']:>10.0f}{format_mib(r['peak_mem_mib'], 10)}"
               f"{state:>11}{r['other_processes_cores']:>8.2f}")
-    print("others = cores used on average by other processes while measuring (from /proc/stat)")
+    warn_if_busy(results)
 
 
 def main() -> None:
@@ -143,11 +127,12 @@ def main() -> None:
     parser.add_argument("--stream", type=int, nargs="*", default=[], metavar="L",
                         help="also stream L tokens (B=1) per variant and report peak memory")
     parser.add_argument("--no-train", action="store_true", help="skip train and decode")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "MODE", "LENGTH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_device(args.device)
     if args.worker:
         variant, mode, length = args.worker
         print(json.dumps(run_worker(args, variant, mode, int(length))))
@@ -160,15 +145,12 @@ def main() -> None:
         for mode, length in jobs:
             r = spawn(args, variant, mode, length)
             print(f"{variant:<12} {mode:<7} {length:>8}  {r['tokens_per_s']:9.0f} tok/s  "
-                  f"peak {r['peak_mem_mib']:8.1f} MiB", flush=True)
+                  f"peak{format_mib(r['peak_mem_mib'], 9)} MiB", flush=True)
             results.append(r)
     print_report(results)
-    report = {"machine": machine_info(args.device), "argv": sys.argv[1:],
-              "config": {"preset": args.preset, "seq_len": args.seq_len,
-                         "batch_size": args.batch_size, "repeats": args.repeats,
-                         "decode_tokens": args.decode_tokens, "dtype": "float32"},
-              "memory_method": memory_method(args.device), "results": results}
-    atomic_save_json(report, args.out)
+    config = {"preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
+              "repeats": args.repeats, "decode_tokens": args.decode_tokens, "dtype": "float32"}
+    save_report(args.out, args.device, config, results)
     print(f"\nwrote {args.out}")
 
 
