@@ -20,7 +20,9 @@ subprocess:
 With Transformer++ ("transformer") among the variants, the summary gives every variant's tok/s
 relative to it: train at each T, with the crossover length (the smallest measured T at which the
 variant trains at least as fast, or "none up to" the largest T), decode at each P and the
-single-step latency at each P; then issue 11's targets with the measured values.
+single-step latency at each P; then issue 11's targets with the measured values. ``--plot``
+writes tok/s against T (and decode tok/s against P) to docs/benchmarks/tok_s_vs_T.png, as
+``benchmarks/plot_throughput.py`` does from a results file.
 
 ``--device`` (cpu by default; cuda, cuda:N or mps) builds models and inputs on that device in
 every worker and synchronises it around each timed step; a device this machine does not have is a
@@ -41,6 +43,7 @@ from pathlib import Path
 
 import torch
 from measure import (
+    REPO,
     RESULTS,
     OtherLoad,
     add_device_argument,
@@ -54,6 +57,7 @@ from measure import (
     time_runs,
     warn_if_busy,
 )
+from plot_throughput import DEFAULT_PNG, plot_tok_s_vs_length
 
 from titans import TitansConfig, TitansLM, stream
 from titans.models import VARIANTS
@@ -268,6 +272,9 @@ def main() -> None:
     parser.add_argument("--no-decode", action="store_true", help="skip the B>1 decode runs")
     add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--plot", type=Path, nargs="?", const=DEFAULT_PNG, metavar="PNG",
+                        help="also plot tok/s against length (default path: "
+                        f"{DEFAULT_PNG.relative_to(REPO)})")
     parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "MODE", "LENGTH", "BATCH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,6 +304,9 @@ def main() -> None:
     report = save_report(args.out, args.device, config, results, summary=summarize(results))
     print_report(report)
     print(f"\nwrote {args.out}")
+    if args.plot is not None:
+        plot_tok_s_vs_length(report, args.plot)
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":
