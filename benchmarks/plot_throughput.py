@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from measure import REPO, RESULTS
@@ -25,7 +26,11 @@ PANELS = (("train", "training (B = max(1, {tokens_per_step} // T))", "sequence l
 
 def plot_tok_s_vs_length(report: dict, path: str | Path) -> None:
     """One PNG with a panel per mode that has results (train, decode): tok/s against length,
-    log-log, one line with markers per variant. Raises ValueError if neither mode has results."""
+    log-log, one line with markers per variant. Raises ValueError if neither mode has results
+    or the report is from a model_throughput.py older than --tokens-per-step."""
+    if "tokens_per_step" not in report["config"]:
+        raise ValueError("results written by an older model_throughput.py (no tokens_per_step "
+                         "in its config): run the benchmark again")
     panels = [(mode, title, xlabel) for mode, title, xlabel in PANELS
               if any(r["mode"] == mode for r in report["results"])]
     if not panels:
@@ -70,7 +75,10 @@ def main() -> None:
                         default=RESULTS / "model_throughput.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_PNG)
     args = parser.parse_args()
-    plot_tok_s_vs_length(json.loads(args.results.read_text()), args.out)
+    try:
+        plot_tok_s_vs_length(json.loads(args.results.read_text()), args.out)
+    except ValueError as err:
+        sys.exit(f"{args.results}: {err}")
     print(f"wrote {args.out}")
 
 
