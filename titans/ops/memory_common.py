@@ -163,10 +163,16 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
 
 
 def activation_backward(name: str, grad: Tensor, z: Tensor) -> Tensor:
-    """``grad * act'(z)`` by ATen's fused kernels (exact GELU or SiLU; differentiable)."""
+    """``grad * act'(z)`` (exact GELU or SiLU), differentiable again by autograd.
+
+    GELU by ATen's fused kernel, which has a double backward; SiLU by plain ops,
+    ``silu'(z) = s (1 + z (1 - s))`` with ``s = sigmoid(z)``, because ATen's ``silu_backward``
+    has none (autograd through it raises).
+    """
     if name == "gelu":
         return torch.ops.aten.gelu_backward(grad, z)
-    return torch.ops.aten.silu_backward(grad, z)
+    s = torch.sigmoid(z)
+    return grad * s * (1 + z * (1 - s))
 
 
 def mlp_forward(
