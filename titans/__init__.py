@@ -3,10 +3,11 @@
 from titans.layers import NeuralMemory, NeuralMemoryState
 from titans.models import TitansConfig, TitansLM, TitansOutput, TitansState
 from titans.models.streaming import StreamPiece, stream, stream_losses
-from titans.ops import MemoryState, memory_chunked, memory_naive
+from titans.ops import MemoryState, memory_chunked, memory_naive, memory_recurrent
 
 __all__ = [
     "MemoryState", "NeuralMemory", "NeuralMemoryState", "StreamPiece", "TitansConfig", "TitansLM",
-    "TitansOutput", "TitansState", "memory_chunked", "memory_naive", "stream", "stream_losses",
+    "TitansOutput", "TitansState", "memory_chunked", "memory_naive", "memory_recurrent", "stream",
+    "stream_losses",
 ]
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ from torch import Tensor
 from titans.ops.memory_common import (
     LAYER_NORM_EPS,
     MemoryState,
+    _layer_norm_and_backward,
     activation_backward,
     activation_fn,
     check_checkpoint_chunks,
@@ -54,23 +55,6 @@ def segment_products(x: Tensor) -> Tensor:
     factors = torch.where(idx[:, None] > idx[None, :], x[..., :, None], x.new_ones(()))
     prods = torch.cumprod(factors, dim=-2)
     return torch.where(idx[:, None] >= idx[None, :], prods, x.new_zeros(()))
-
-
-def _layer_norm_and_backward(
-    z: Tensor, target: Tensor, skip: Tensor, gamma: Tensor, beta: Tensor
-) -> Tensor:
-    """Error signal at the MLP output for ``M = skip + LayerNorm(z) * gamma + beta`` and loss
-    0.5||M - target||^2 (gamma, beta: [BH, 1, D], broadcast over the chunk's rows).
-
-    ATen's fused layer-norm kernels, which are themselves differentiable (double backward); the
-    affine part is applied outside them because it differs per (batch, head).
-    """
-    d = [z.shape[-1]]
-    y, mean, rstd = torch.ops.aten.native_layer_norm(z, d, None, None, LAYER_NORM_EPS)
-    err = skip + y * gamma + beta - target
-    return torch.ops.aten.native_layer_norm_backward(
-        err * gamma, z, d, mean, rstd, None, None, [True, False, False]
-    )[0]
 
 
 def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:

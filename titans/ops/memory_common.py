@@ -1,4 +1,4 @@
-"""Pieces shared by the naive and the chunked neural-memory ops: the state, input checks, the MLP.
+"""Pieces shared by the neural-memory ops: the state, input checks, the MLP and its backward.
 
 The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one independent MLP per
 (batch, head). Its weights ``W_i`` and momentum ``S_i`` have shape ``[B, H, d_{i-1}, d_i]``:
@@ -83,14 +83,17 @@ def check_inputs(
     momentum: Tensor,
     decay: Tensor,
     state: MemoryState,
-    chunk_size: int,
+    chunk_size: int | None,
     activation: str,
     residual_norm: bool,
     norm_weight: Tensor | None = None,
     norm_bias: Tensor | None = None,
     max_grad_norm: float | None = None,
 ) -> None:
-    """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops."""
+    """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops.
+
+    chunk_size: None for an op that has no chunk size (memory_recurrent stays in one chunk).
+    """
     for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr), ("momentum", momentum),
                     ("decay", decay)):
         if not t.is_floating_point():
@@ -107,7 +110,7 @@ def check_inputs(
                 f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
             )
     check_max_grad_norm(max_grad_norm)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -203,3 +206,65 @@ def mlp_forward(
             h = h + norm_bias[:, None].to(h.dtype)
         h = x + h
     return h
+
+
+def _layer_norm_and_backward(
+    z: Tensor, target: Tensor, skip: Tensor, gamma: Tensor, beta: Tensor
+) -> Tensor:
+    """Error signal at the MLP output for ``M = skip + LayerNorm(z) * gamma + beta`` and loss
+    0.5||M - target||^2 (z, target, skip: [..., n, D]; gamma, beta broadcast to them, one row
+    per (batch, head): [BH, 1, D] or [H, 1, D]).
+
+    ATen's fused layer-norm kernels, which are themselves differentiable (double backward); the
+    affine part is applied outside them because it differs per (batch, head).
+    """
+    d = [z.shape[-1]]
+    y, mean, rstd = torch.ops.aten.native_layer_norm(z, d, None, None, LAYER_NORM_EPS)
+    err = skip + y * gamma + beta - target
+    return torch.ops.aten.native_layer_norm_backward(
+        err * gamma, z, d, mean, rstd, None, None, [True, False, False]
+    )[0]
+
+
+def inner_gradients(
+    k: Tensor,
+    v: Tensor,
+    weights: list[Tensor],
+    activation: str,
+    norm: tuple[Tensor, Tensor] | None,
+    max_grad_norm: float | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Every token's inner gradient at fixed weights, by hand: forward the keys, back-propagate.
+
+    Token r's gradient of ``0.5 ||M(k_r; W) - v_r||^2`` in layer i is the outer product
+    ``inputs[i][r]^T deltas[i][r]`` (layer input times back-propagated error), returned as these
+    two factors so that callers can use them without forming the d_{i-1} x d_i matrices. With
+    ``max_grad_norm`` each token's deltas are scaled so that its gradient, all layers together,
+    has at most that norm. Plain tensor ops: differentiable by autograd.
+
+    k: [..., n, d_0]; v: [..., n, d_L]; weights[i]: [..., d_{i-1}, d_i] (the same leading dims).
+    norm: (gamma, beta), the affine part of the residual norm ``M = k + LN(mlp(k)) * gamma +
+        beta``, each broadcastable to [..., n, d_L]; None for the plain MLP ``M = mlp(k)``.
+    Returns inputs[i]: [..., n, d_{i-1}] and deltas[i]: [..., n, d_i].
+    """
+    act = activation_fn(activation)
+    depth = len(weights)
+    inputs, pre = [], []
+    x = k
+    for i, w in enumerate(weights):
+        inputs.append(x)
+        z = x @ w
+        pre.append(z)
+        x = act(z) if i < depth - 1 else z
+    deltas = [z - v if norm is None else _layer_norm_and_backward(z, v, k, *norm)]
+    for i in range(depth - 1, 0, -1):
+        back = deltas[0] @ weights[i].transpose(-1, -2)
+        deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
+    if max_grad_norm is not None:
+        # The squared Frobenius norm of a_r^T delta_r is ||a_r||^2 ||delta_r||^2, so clipping
+        # scales the rows of delta.
+        sq_norm = sum(a.pow(2).sum(-1, keepdim=True) * d.pow(2).sum(-1, keepdim=True)
+                      for a, d in zip(inputs, deltas, strict=True))
+        scale = grad_clip_scale(sq_norm, max_grad_norm)
+        deltas = [d * scale for d in deltas]
+    return inputs, deltas
