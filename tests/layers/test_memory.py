@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import titans.layers.memory as memory_module
 from titans import NeuralMemory, NeuralMemoryState
-from titans.ops import memory_naive
+from titans.ops import MemoryState, memory_naive
 
 HIDDEN, HEADS, HEAD_DIM = 32, 2, 8
 
@@ -53,9 +54,9 @@ def run_pieces(layer, x, cuts, state=None):
 
 
 def assert_states_equal(a: NeuralMemoryState, b: NeuralMemoryState) -> None:
-    for x, y in zip(a.memory.weights + a.memory.momentum, b.memory.weights + b.memory.momentum,
-                    strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    for m, n in ((a.memory, b.memory), (a.current, b.current)):
+        for x, y in zip(m.weights + m.momentum, n.weights + n.momentum, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     assert a.num_pending == b.num_pending
     for x, y in zip(a.pending, b.pending, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
@@ -84,10 +85,51 @@ def test_layer_equals_naive_reference(name, monkeypatch):
     """The layer's use of the op (pending replay, split calls) matches the token-by-token op."""
     layer = make_layer(**CONFIGS[name])
     x = make_x(14)
-    y_fast, _ = run_pieces(layer, x, [3, 9])
+    # pieces inside the open chunk (0-3, 13-14) and pieces that close one (3-9, 9-13)
+    y_fast, state_fast = run_pieces(layer, x, [3, 9, 13])
     use_naive_op(monkeypatch)
-    y_ref, _ = layer(x)
+    y_ref, state_ref = layer(x)
     torch.testing.assert_close(y_fast, y_ref, rtol=1e-10, atol=1e-12)
+    # the running memory is the reference's state after the last token
+    assert_states_equal(state_fast, state_ref)
+
+
+@pytest.mark.parametrize("name", ["default", "deep3-silu-plain"])
+def test_decode_inside_the_open_chunk_calls_no_chunked_op(name, monkeypatch):
+    """Decode steps with pending tokens that stay inside the open chunk run memory_recurrent
+    alone (no replay) and give the outputs and state of one pass."""
+    layer = make_layer(**CONFIGS[name], chunk_size=8)
+    x = make_x(13)
+    full, full_state = layer(x)
+    _, state = layer(x[:, :9])  # one whole chunk and one pending token
+
+    def no_chunked(*args, **kwargs):
+        raise AssertionError("memory_chunked called inside the open chunk")
+
+    monkeypatch.setattr(memory_module, "memory_chunked", no_chunked)
+    for t in range(9, 13):
+        y, state = layer(x[:, t:t + 1], state)
+        torch.testing.assert_close(y, full[:, t:t + 1], rtol=1e-10, atol=1e-12)
+    assert state.num_pending == 5
+    assert_states_equal(state, full_state)
+
+
+def test_pieces_give_the_gradients_of_one_pass():
+    """Training on pieces (inside open chunks and across them) back-propagates through the
+    running memory exactly as through one pass."""
+    layer = make_layer()
+    x = make_x(11)
+    probe = torch.randn(2, 11, HIDDEN, generator=torch.Generator().manual_seed(5),
+                        dtype=torch.float64)
+    names, params = zip(*layer.named_parameters(), strict=True)
+    full, _ = layer(x)
+    pieces, _ = run_pieces(layer, x, [1, 2, 3, 6, 7, 9, 10])
+    for name, a, b in zip(names, torch.autograd.grad((pieces * probe).sum(), params),
+                          torch.autograd.grad((full * probe).sum(), params), strict=True):
+        # The gates are float32 (NeuralMemory.gates), so their gradients are summed in float32,
+        # in an order that depends on the split.
+        atol = 1e-6 * b.abs().max().item() if name.startswith("gate_proj") else 1e-12
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_checkpointing_changes_no_gradient():
@@ -251,3 +293,6 @@ def test_bad_input_raises():
         make_layer(conv_kernel=0)(make_x(5), state)
     with pytest.raises(ValueError, match="pending"):
         make_layer(chunk_size=1)(make_x(5), state)
+    shallow = MemoryState(state.current.weights[:1], state.current.momentum[:1])
+    with pytest.raises(ValueError, match="current memory"):
+        layer(make_x(5), dataclasses.replace(state, current=shallow))

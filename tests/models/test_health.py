@@ -67,7 +67,7 @@ def test_recorded_values_equal_a_direct_computation(
     assert len(states) > 2 if variant == "mac" else len(states) == 2  # MAC: calls per segment
     expected_norm = max(
         float(w.detach().double().square().sum((-2, -1)).sqrt().max())
-        for s in states for w in s.memory.weights
+        for s in states for w in s.current.weights
     )
     expected_lr = max(float(lr.max()) for lr, _ in gates)
     expected_eta = max(float(eta.max()) for _, eta in gates)

@@ -25,13 +25,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def memory_states(state: object) -> list[MemoryState]:
-    """The running memories of one layer's state (MAC also holds its segment-start memory)."""
+    """The memories of one layer's state: boundary and running (MAC also holds its
+    segment-start memory)."""
     if isinstance(state, MACState):
-        return [state.memory.memory, state.segment_memory]
+        return [state.memory.memory, state.memory.current, state.segment_memory]
     if isinstance(state, HybridState):
-        return [state.memory.memory]
+        return [state.memory.memory, state.memory.current]
     if isinstance(state, NeuralMemoryState):
-        return [state.memory]
+        return [state.memory, state.current]
     return []
 
 

@@ -1,8 +1,9 @@
 """The neural long-term memory layer of Titans (paper §3 and the block of §4.4).
 
 x -> q, k, v projections -> causal depthwise conv (kernel 4) -> SiLU -> L2-normalised q, k
-  -> memory_chunked (the memory learns from (k, v) with data-dependent theta, eta, alpha, and is
-     read at q) -> per-head RMSNorm -> sigmoid gate from x -> output projection.
+  -> the memory op (the memory learns from (k, v) with data-dependent theta, eta, alpha, and is
+     read at q: memory_chunked when a chunk closes, memory_recurrent token by token inside the
+     open chunk) -> per-head RMSNorm -> sigmoid gate from x -> output projection.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from titans.checks import check_number
 from titans.layers.norm import RMSNorm
-from titans.ops import MemoryState, memory_chunked
+from titans.ops import MemoryState, memory_chunked, memory_recurrent
 from titans.ops.memory_common import (
     ACTIVATIONS,
     check_checkpoint_chunks,
@@ -30,16 +31,20 @@ from titans.ops.memory_common import (
 class NeuralMemoryState:
     """Everything a :class:`NeuralMemory` needs to continue a sequence exactly.
 
-    memory:  weights and momentum at the last chunk boundary, each [B, H, d_{i-1}, d_i].
+    memory:  weights and momentum at the last chunk boundary, each [B, H, d_{i-1}, d_i]: the
+             inner gradients of the open chunk's tokens are all taken at these weights.
+    current: weights and momentum after the last token read (the running memory), shaped like
+             ``memory`` and equal to it when no token is pending. A call that stays inside the
+             open chunk continues from it token by token.
     pending: (k, v, lr, momentum, decay) of the tokens read since that boundary (fewer than
-             chunk_size): their inner gradients are taken at the boundary weights, so they are
-             replayed with the next piece to keep chunk boundaries where one pass would put them.
-             k, v: [B, n, H, D]; gates: [B, n, H].
+             chunk_size). A call that closes the chunk replays them with its own tokens, to keep
+             chunk boundaries where one pass would put them. k, v: [B, n, H, D]; gates: [B, n, H].
     conv:    the last ``conv_kernel - 1`` projected inputs of the q/k/v convolution,
              [B, 3 * H * D, conv_kernel - 1] (None without convolution).
     """
 
     memory: MemoryState
+    current: MemoryState
     pending: tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
     conv: Tensor | None
 
@@ -51,6 +56,7 @@ class NeuralMemoryState:
         """Cut the autograd graph (truncated back-propagation through a long stream)."""
         return NeuralMemoryState(
             self.memory.detach(),
+            self.current.detach(),
             tuple(p.detach() for p in self.pending),  # type: ignore[arg-type]
             None if self.conv is None else self.conv.detach(),
         )
@@ -180,7 +186,8 @@ class NeuralMemory(nn.Module):
         return len(self.memory_init)
 
     def init_state(self, batch_size: int) -> NeuralMemoryState:
-        """The state before the first token: learned initial weights, zero momentum."""
+        """The state before the first token: learned initial weights, zero momentum (at a chunk
+        boundary, so the running memory is the boundary memory)."""
         memory = MemoryState.from_initial(list(self.memory_init), batch_size)
         w = self.memory_init[0]
         h, d = self.num_heads, self.head_dim
@@ -192,7 +199,7 @@ class NeuralMemory(nn.Module):
         conv = (
             None if self.conv is None else w.new_zeros(batch_size, 3 * h * d, self.conv_kernel - 1)
         )
-        return NeuralMemoryState(memory, pending, conv)  # type: ignore[arg-type]
+        return NeuralMemoryState(memory, memory, pending, conv)  # type: ignore[arg-type]
 
     def _check_state(self, state: NeuralMemoryState, batch_size: int) -> None:
         """A state from another batch size or layer config is an error, not a silent mix-up."""
@@ -205,6 +212,10 @@ class NeuralMemory(nn.Module):
         got = None if state.conv is None else tuple(state.conv.shape)
         if got != expected:
             raise ValueError(f"state's conv cache is {got}, this layer needs {expected}")
+        shapes = [tuple(w.shape) for w in state.memory.weights]
+        current = [tuple(w.shape) for w in state.current.weights]
+        if current != shapes:
+            raise ValueError(f"state's current memory is {current}, its boundary memory {shapes}")
         if state.num_pending >= self.chunk_size:
             raise ValueError(
                 f"state holds {state.num_pending} pending tokens, chunk_size is {self.chunk_size}"
@@ -283,6 +294,9 @@ class NeuralMemory(nn.Module):
 
         Feeding a sequence in any split with the returned state gives the same outputs as one
         pass. The memory learns on every call, under ``torch.no_grad()`` and in eval mode too.
+        A call that stays inside the open chunk (fewer tokens than it still lacks, e.g. a decode
+        step) continues the running memory token by token with memory_recurrent; one that
+        closes it replays the chunk's pending tokens with its own through memory_chunked.
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
@@ -293,24 +307,34 @@ class NeuralMemory(nn.Module):
             self._check_state(state, b)
         q, k, v, conv_cache = self._qkv(x, state.conv)
         lr, eta, alpha = self.gates(x)
-
-        # Replay the pending tokens of the open chunk (their outputs were given already).
         n_pend = state.num_pending
-        pk, pv, plr, peta, palpha = state.pending
-        k, v = torch.cat([pk.to(k.dtype), k], 1), torch.cat([pv.to(v.dtype), v], 1)
-        lr, eta, alpha = (torch.cat(pair, 1) for pair in ((plr, lr), (peta, eta), (palpha, alpha)))
+        # The open chunk's tokens so far, pending and new: (k, v, lr, eta, alpha).
+        pending = tuple(torch.cat([p.to(t.dtype), t], 1)
+                        for p, t in zip(state.pending, (k, v, lr, eta, alpha), strict=True))
+        kw = dict(activation=self.activation, residual_norm=self.residual_norm,
+                  norm_weight=self.memory_norm_weight, norm_bias=self.memory_norm_bias,
+                  max_grad_norm=self.max_grad_norm)
+
+        if n_pend + x.shape[1] < self.chunk_size:
+            # Still inside the open chunk: the pending tokens' updates are in the running state,
+            # so only the new tokens are computed (no replay).
+            o, current = memory_recurrent(q, k, v, lr, eta, alpha, state.memory, state.current,
+                                          **kw)
+            new_state = NeuralMemoryState(state.memory, current, pending, conv_cache)  # type: ignore[arg-type]
+            return self._output(o, x), new_state
+
+        # The chunk closes: replay its pending tokens (their outputs were given already) with
+        # the new ones from the boundary, in whole chunks as one pass would see them.
+        k, v, lr, eta, alpha = pending
         q = torch.cat([q.new_zeros(b, n_pend, *q.shape[2:]), q], 1)
         # Whole chunks move the boundary state; the tail is read from it and kept as pending.
         split = (k.shape[1] // self.chunk_size) * self.chunk_size
-        kw = dict(chunk_size=self.chunk_size, activation=self.activation,
-                  residual_norm=self.residual_norm, norm_weight=self.memory_norm_weight,
-                  norm_bias=self.memory_norm_bias, max_grad_norm=self.max_grad_norm,
-                  checkpoint_chunks=self.checkpoint_chunks,
+        kw.update(chunk_size=self.chunk_size, checkpoint_chunks=self.checkpoint_chunks,
                   compile_step=self.compile_step)
         seq = (q, k, v, lr, eta, alpha)
         head, memory = memory_chunked(*(t[:, :split] for t in seq), state.memory, **kw)
-        tail, _ = memory_chunked(*(t[:, split:] for t in seq), memory, **kw)
+        tail, current = memory_chunked(*(t[:, split:] for t in seq), memory, **kw)
         o = torch.cat([head, tail], 1)[:, n_pend:]  # [B, T, H, D]
         pending = tuple(t[:, split:] for t in (k, v, lr, eta, alpha))
-
-        return self._output(o, x), NeuralMemoryState(memory, pending, conv_cache)  # type: ignore[arg-type]
+        new_state = NeuralMemoryState(memory, current, pending, conv_cache)  # type: ignore[arg-type]
+        return self._output(o, x), new_state

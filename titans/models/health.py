@@ -36,9 +36,9 @@ class MemoryHealth:
     hold none: then nothing is recorded); leaving removes them, also when the body raised. Over
     every call of every memory layer while entered it keeps the maximum of:
 
-    - ``weight_norm``: the Frobenius norm of any memory weight matrix of the state the layer
-      returns (``output[1].memory.weights``, each [B, H, d_in, d_out]: the norm over the last
-      two dims, the maximum over layers, matrices, batch rows and heads);
+    - ``weight_norm``: the Frobenius norm of any weight matrix of the running memory the layer
+      returns, after its last token (``output[1].current.weights``, each [B, H, d_in, d_out]:
+      the norm over the last two dims, the maximum over layers, matrices, batch rows and heads);
     - ``lr``: the inner learning rate theta ([B, T, H] per call, in [0, max_lr]);
     - ``momentum``: the momentum eta ([B, T, H] per call, in [0, 1]; 0 without momentum).
 
@@ -103,7 +103,7 @@ class MemoryHealth:
         with torch.no_grad():
             weight_norm = torch.stack([
                 torch.linalg.matrix_norm(w.float()).amax()  # [B, H, d_in, d_out] -> [B, H] -> max
-                for w in output[1].memory.weights
+                for w in output[1].current.weights
             ]).amax()
             self.weight_norm = _running_max(self.weight_norm, weight_norm)
             if x.shape[1]:  # a call on no tokens has no gates
