@@ -22,26 +22,35 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from titans.ops.memory_common import (
-    LAYER_NORM_EPS,
+    InnerGradients,
     MemoryState,
-    _layer_norm_and_backward,
     activation_backward,
     activation_fn,
+    activation_second,
     check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
-    grad_clip_scale,
+    inner_gradients,
+    layer_norm,
+    layer_norm_backward,
+    row_sq,
 )
 
-# (activation, residual_norm, max_grad_norm, compile_step) of one call, fixed for all its chunks
-_Spec = tuple[str, bool, float | None, bool]
+
+class _Spec(NamedTuple):
+    """The options of one call, fixed for all its chunks."""
+
+    activation: str
+    residual_norm: bool
+    max_grad_norm: float | None
+    compile_step: bool
 
 
 def segment_products(x: Tensor) -> Tensor:
@@ -154,8 +163,8 @@ def memory_chunked(
     # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
-    per_chunk = (qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
-    spec = (activation, residual_norm, max_grad_norm, compile_step)
+    chunks = _Chunk(qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
+    spec = _Spec(activation, residual_norm, max_grad_norm, compile_step)
     # The residual norm's affine part per (batch, head) row: [BH, 1, D_v] each (none without it).
     norm = ()
     if residual_norm:
@@ -164,105 +173,229 @@ def memory_chunked(
             .expand(b, h, d_v).reshape(b * h, 1, d_v)
             for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0))
         )
-    recompute = checkpoint_chunks is not None and torch.is_grad_enabled()
     wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
-    outputs = []
-    # split (not [n] indexing) so autograd gathers the chunks' input gradients in one piece
-    for group in zip(*(x.split(checkpoint_chunks or n_chunks) for x in per_chunk), strict=True):
-        if recompute:
-            o_group, *wss = _RecomputedChunks.apply(spec, *norm, *wss, *group)
-        else:
-            o_group, wss = _run_chunks(wss, norm, group, spec)
-        outputs.append(o_group)
+    tensors = (*norm, *wss, *chunks)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        o, *wss = _ChunkedMemory.apply(spec, checkpoint_chunks, *tensors)
+    else:
+        o, wss, _ = _run_chunks(wss, norm, chunks, spec)
     ws, ss = zip(*(m.chunk(2, dim=-2) for m in wss), strict=True)
 
-    o = torch.cat(outputs)  # [N, BH, c, D_v]
     o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
     return o[:, :t_len].to(q.dtype), _unflatten(ws, ss, b, h)
 
 
+class _Chunk(NamedTuple):
+    """The state-independent tensors of one chunk, [BH, ...] each (stacked over all chunks in
+    :func:`memory_chunked`, with a leading chunk dim)."""
+
+    q: Tensor  # [BH, c, D]
+    k: Tensor  # [BH, c, D]
+    v: Tensor  # [BH, c, D_v]
+    qk_theta: Tensor  # [BH, c, c]: first-layer read scores (q_t . k_r) theta_r K[t, r]
+    k_theta: Tensor  # [BH, c, c]: theta_r K[t, r]
+    row_coef: Tensor  # [BH, c, 2]: (A_t, g_t), the weight and momentum a row t reads
+    end_coef: Tensor  # [BH, c, 2]: token r's coefficient in the end weights and end momentum
+    mix: Tensor  # [BH, 2, 2]: [[A, g], [0, E]], the boundary state's carry to the chunk end
+
+
+class _Cache(NamedTuple):
+    """What the backward of one chunk needs from its forward, all [BH, c, ...]."""
+
+    inner: InnerGradients  # the inner gradients' factors at the chunk-start weights
+    reads: list[Tensor]  # x_1 = q, x_2, ...: each layer's input on the queries
+    products: list[Tensor]  # x_i a_i^T for layers i >= 1 ([BH, c, c], before the gate mask)
+    scores: list[Tensor]  # the read scores of every layer (qk_theta, then products * K_theta)
+    read_pre: list[Tensor]  # Z_1, ..., Z_L: pre-activations of the read
+    out_norm: tuple[Tensor, ...] | None  # (LN(Z_L), mean, rstd)
+
+
 def _run_chunks(
-    wss: list[Tensor],
-    norm: tuple[Tensor, ...],
-    group: tuple[Tensor, ...],
-    spec: _Spec,
-) -> tuple[Tensor, list[Tensor]]:
-    """Visit consecutive chunks in order: outputs [G, BH, c, D_v] and the state after them.
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunks: _Chunk, spec: _Spec,
+    keep: bool = False,
+) -> tuple[Tensor, list[Tensor], list[tuple[list[Tensor], _Cache]]]:
+    """Visit the chunks in order: outputs [N, BH, c, D_v], the state after them, and (with
+    ``keep``) every chunk's start state and cache for :func:`_chunk_backward`.
 
     wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
     norm: (gamma, beta) of the residual norm, each [BH, 1, D_v], or () without it.
-    group: the per-chunk tensors of :func:`memory_chunked`, each with G chunks in dim 0.
-    spec: (activation, residual_norm, max_grad_norm, compile_step).
     """
-    step = _compiled_step() if spec[3] else _chunk_step
-    outputs = []
-    for chunk in zip(*(x.unbind(0) for x in group), strict=True):
-        o, wss = step(wss, norm, chunk, spec[:3])
+    forward = _steps(spec.compile_step)[0]
+    outputs, kept = [], []
+    for chunk in zip(*(x.unbind(0) for x in chunks), strict=True):
+        o, new, cache = forward(wss, norm, _Chunk(*chunk), spec)
+        if keep:
+            kept.append((wss, cache))
         outputs.append(o)
-    return torch.stack(outputs), wss
+        wss = new
+    return torch.stack(outputs), wss, kept
 
 
-def _chunk_step(
-    wss: list[Tensor],
-    norm: tuple[Tensor, ...],
-    chunk: tuple[Tensor, ...],
-    spec: tuple[str, bool, float | None],
-) -> tuple[Tensor, list[Tensor]]:
-    """One chunk: its outputs [BH, c, D_v] and the stacked state ``[W; S]`` at its end.
+def _chunk_forward(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, spec: _Spec
+) -> tuple[Tensor, list[Tensor], _Cache]:
+    """One chunk: its outputs [BH, c, D_v], the stacked state ``[W; S]`` at its end, the cache.
 
     Stacked, ``W`` is a contiguous view, the read ``A_t x W + g_t x S`` is one matmul and the
     boundary update ``W' = A W + g S, S' = E S`` one 2x2 mixing matmul.
     """
-    activation, residual_norm, max_grad_norm = spec
-    act = activation_fn(activation)
+    act = activation_fn(spec.activation)
     depth = len(wss)
-    q_n, k_n, v_n, qk_n, kth_n, row_n, end_n, mix = chunk
     ws = [m[:, : m.shape[1] // 2] for m in wss]
     # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
-    inputs, pre = [], []
-    x = k_n
-    for i, w in enumerate(ws):
-        inputs.append(x)
-        z = x @ w
-        pre.append(z)
-        x = act(z) if i < depth - 1 else z
-    deltas = [_layer_norm_and_backward(z, v_n, k_n, *norm) if residual_norm else z - v_n]
-    for i in range(depth - 1, 0, -1):
-        back = deltas[0] @ ws[i].transpose(-1, -2)
-        deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
-    if max_grad_norm is not None:
-        # Token r's gradient in layer i is the outer product a_r^T delta_r: its squared
-        # Frobenius norm is ||a_r||^2 ||delta_r||^2, so clipping scales the rows of delta.
-        sq_norm = sum(a.pow(2).sum(-1, keepdim=True) * d.pow(2).sum(-1, keepdim=True)
-                      for a, d in zip(inputs, deltas, strict=True))
-        scale = grad_clip_scale(sq_norm, max_grad_norm)
-        deltas = [d * scale for d in deltas]
+    inner = inner_gradients(chunk.k, chunk.v, ws, spec.activation, norm or None,
+                            spec.max_grad_norm)
+    inputs, scaled = inner.inputs, inner.scaled
 
     # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
-    x = q_n
+    reads, products, scores, read_pre = [], [], [], []
+    x = chunk.q
     for i in range(depth):
-        scores = qk_n if i == 0 else (x @ inputs[i].transpose(-1, -2)) * kth_n
-        z = torch.baddbmm(_scale_rows(row_n, x) @ wss[i], scores, deltas[i], alpha=-1)
+        reads.append(x)
+        if i == 0:
+            s = chunk.qk_theta
+        else:
+            products.append(x @ inputs[i].transpose(-1, -2))
+            s = products[-1] * chunk.k_theta
+        scores.append(s)
+        z = torch.baddbmm(_scale_rows(chunk.row_coef, x) @ wss[i], s, scaled[i], alpha=-1)
+        read_pre.append(z)
         x = act(z) if i < depth - 1 else z
-    if residual_norm:
+    out_norm = None
+    if spec.residual_norm:
         gamma, beta = norm
-        out = q_n + F.layer_norm(z, z.shape[-1:], eps=LAYER_NORM_EPS) * gamma + beta
+        y, mean, rstd = layer_norm(z)
+        out = chunk.q + y * gamma + beta
+        out_norm = (y, mean, rstd)
     else:
         out = z
 
     # Carry weights and momentum to the next chunk boundary.
     new = []
-    for m, a, delta in zip(wss, inputs, deltas, strict=True):
-        kept = (mix @ m.view(m.shape[0], 2, -1)).view_as(m)
-        coef_a = _scale_rows(end_n, a).transpose(-1, -2)
+    for m, a, delta in zip(wss, inputs, scaled, strict=True):
+        kept = (chunk.mix @ m.view(m.shape[0], 2, -1)).view_as(m)
+        coef_a = _scale_rows(chunk.end_coef, a).transpose(-1, -2)
         new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
-    return out, new
+    cache = _Cache(inner, reads, products, scores, read_pre, out_norm)
+    return out, new, cache
 
 
-@functools.cache
-def _compiled_step() -> Callable[..., tuple[Tensor, list[Tensor]]]:
-    # Built once and shared: every chunk of every call reuses the same graphs (per shape/dtype).
-    return torch.compile(_chunk_step, dynamic=False)
+def _chunk_backward(
+    wss: list[Tensor],
+    norm: tuple[Tensor, ...],
+    chunk: _Chunk,
+    cache: _Cache,
+    g_out: Tensor,
+    g_new: list[Tensor],
+    spec: _Spec,
+) -> tuple[list[Tensor], _Chunk, tuple[Tensor, ...]]:
+    """The gradients of one chunk's inputs from those of its outputs, by explicit matmuls.
+
+    wss: the chunk's start state; g_out: [BH, c, D_v]; g_new: the gradient of the end state.
+    Returns the gradient of the start state, of every :class:`_Chunk` tensor and of
+    (gamma, beta) (each [BH, 1, D_v], summed over the chunk's rows).
+    The steps mirror :func:`_chunk_forward` in reverse: boundary update, read, clip, the
+    error's back-propagation (a second derivative of the inner loss), the keys' forward.
+    """
+    name = spec.activation
+    depth = len(wss)
+    bh = g_out.shape[0]
+    ws = [m[:, : m.shape[1] // 2] for m in wss]
+    c, inner = cache, cache.inner
+
+    # Boundary update: new_i = mix @ [W; S] - scale_rows(end_coef, a_i)^T delta~_i.
+    g_wss = [(chunk.mix.transpose(-1, -2) @ g.view(bh, 2, -1)).view_as(g) for g in g_new]
+    g_mix = sum(g.view(bh, 2, -1) @ m.view(bh, 2, -1).transpose(-1, -2)
+                for g, m in zip(g_new, wss, strict=True))
+    g_scaled, g_inputs, g_end = [], [], 0
+    for a, d, g in zip(inner.inputs, inner.scaled, g_new, strict=True):
+        g_scaled.append(-(_scale_rows(chunk.end_coef, a) @ g))
+        g_coef, g_a = _scale_rows_backward(chunk.end_coef, a, -(d @ g.transpose(-1, -2)))
+        g_end = g_end + g_coef
+        g_inputs.append(g_a)
+
+    # Read, last layer first.
+    g_norm: tuple[Tensor, ...] = ()
+    g_q = 0
+    if spec.residual_norm:
+        gamma, _ = norm
+        y, mean, rstd = c.out_norm
+        g_norm = ((g_out * y).sum(-2, keepdim=True), g_out.sum(-2, keepdim=True))
+        g_z = layer_norm_backward(g_out * gamma, c.read_pre[-1], mean, rstd)
+        g_q = g_out
+    else:
+        g_z = g_out
+    g_row, g_k_theta = 0, 0
+    for i in range(depth - 1, -1, -1):
+        x = c.reads[i]
+        g_wss[i] = torch.baddbmm(g_wss[i], _scale_rows(chunk.row_coef, x).transpose(-1, -2), g_z)
+        g_coef, g_x = _scale_rows_backward(chunk.row_coef, x, g_z @ wss[i].transpose(-1, -2))
+        g_row = g_row + g_coef
+        g_scores = -(g_z @ inner.scaled[i].transpose(-1, -2))
+        g_scaled[i] = torch.baddbmm(g_scaled[i], c.scores[i].transpose(-1, -2), g_z, alpha=-1)
+        if i == 0:
+            g_qk_theta = g_scores
+            g_q = g_q + g_x
+        else:
+            g_k_theta = g_k_theta + g_scores * c.products[i - 1]
+            g_products = g_scores * chunk.k_theta
+            g_x = torch.baddbmm(g_x, g_products, inner.inputs[i])
+            g_inputs[i] = torch.baddbmm(g_inputs[i], g_products.transpose(-1, -2), x)
+            g_z = activation_backward(name, g_x, c.read_pre[i - 1])
+
+    # Clip: delta~ = scale * delta, scale = m / sqrt(max(n, m^2)), n = sum ||a||^2 ||delta||^2.
+    if inner.clip is None:
+        g_deltas = g_scaled
+    else:
+        sq_norm, scale = inner.clip
+        m = spec.max_grad_norm
+        g_scale = sum(_row_dot(g, d) for g, d in zip(g_scaled, inner.deltas, strict=True))
+        g_sq = torch.where(sq_norm >= m * m, -0.5 * g_scale * scale.pow(3) / (m * m), 0.0)
+        g_deltas = []
+        for i, (a, d, g) in enumerate(zip(inner.inputs, inner.deltas, g_scaled, strict=True)):
+            g_deltas.append(g * scale + 2 * g_sq * row_sq(a) * d)
+            g_inputs[i] = g_inputs[i] + 2 * g_sq * row_sq(d) * a
+
+    # The error's back-propagation, delta_i = act'(z_i) * (delta_{i+1} W_{i+1}^T), first layer
+    # first: its gradient reaches delta_{i+1}, W_{i+1} and (by act'') z_i.
+    g_pre = []
+    for i in range(depth - 1):
+        g_back = activation_backward(name, g_deltas[i], inner.pre[i])
+        g_pre.append(g_deltas[i] * inner.backs[i] * activation_second(name, inner.pre[i]))
+        g_deltas[i + 1] = torch.baddbmm(g_deltas[i + 1], g_back, ws[i + 1])
+        g_wss[i + 1][:, : ws[i + 1].shape[1]] += g_back.transpose(-1, -2) @ inner.deltas[i + 1]
+    g_delta = g_deltas[-1]
+    if spec.residual_norm:
+        # delta_L = LN'(z_L)^T (err * gamma) with err = k + LN(z_L) gamma + beta - v.
+        gamma, _ = norm
+        y, mean, rstd, err = inner.key_norm
+        z_last = inner.pre[-1]
+        g_h = layer_norm_backward(g_delta, z_last, mean, rstd)
+        g_err = g_h * gamma
+        h_y = _row_dot(err * gamma, y) / y.shape[-1]
+        g_z_last = (layer_norm_backward(g_err * gamma, z_last, mean, rstd) - rstd * h_y * g_h
+                    - rstd / y.shape[-1] * (_row_dot(g_delta, inner.deltas[-1]) * y
+                                            + _row_dot(g_delta, y) * inner.deltas[-1]))
+        g_norm = (g_norm[0] + (g_h * err + g_err * y).sum(-2, keepdim=True),
+                  g_norm[1] + g_err.sum(-2, keepdim=True))
+        g_k, g_v = g_err, -g_err
+    else:
+        g_z_last, g_k, g_v = g_delta, 0, -g_delta
+    g_pre.append(g_z_last)
+
+    # The keys' forward through the chunk-start weights, last layer first.
+    for i in range(depth - 1, -1, -1):
+        if i < depth - 1:
+            g_pre[i] = g_pre[i] + activation_backward(name, g_inputs[i + 1], inner.pre[i])
+        g_wss[i][:, : ws[i].shape[1]] += inner.inputs[i].transpose(-1, -2) @ g_pre[i]
+        g_inputs[i] = torch.baddbmm(g_inputs[i], g_pre[i], ws[i].transpose(-1, -2))
+    g_chunk = _Chunk(g_q, g_k + g_inputs[0], g_v, g_qk_theta, g_k_theta, g_row, g_end, g_mix)
+    return g_wss, g_chunk, g_norm
+
+
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """x_r . y_r per row: [..., c, d] -> [..., c, 1]."""
+    return (x * y).sum(-1, keepdim=True)
 
 
 def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
@@ -270,48 +403,104 @@ def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
     return (coef[..., None] * x[..., None, :]).flatten(-2)
 
 
-_GROUP_TENSORS = 8  # per-chunk tensors handed to _run_chunks
+def _scale_rows_backward(coef: Tensor, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of coef [..., c, 2] and x [..., c, d] from g [..., c, 2d] of _scale_rows."""
+    g = g.unflatten(-1, (2, -1))
+    return (g * x[..., None, :]).sum(-1), (g * coef[..., None]).sum(-2)
 
 
-class _RecomputedChunks(torch.autograd.Function):
-    """Activation checkpointing of :func:`_run_chunks`: keep the inputs, recompute in backward.
+@functools.cache
+def _steps(compile_step: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The chunk's forward and backward functions, eager or ``torch.compile``'d.
 
-    Written out (not ``torch.utils.checkpoint``) because every tensor the group uses is an
-    explicit input, so the backward can call ``torch.autograd.grad`` on exactly those: it then
-    works under both ``.backward()`` and ``torch.autograd.grad`` while freeing all activations.
+    Built once and shared: every chunk of every call reuses the same graphs (per shape/dtype).
+    """
+    if not compile_step:
+        return _chunk_forward, _chunk_backward
+    return (torch.compile(_chunk_forward, dynamic=False),
+            torch.compile(_chunk_backward, dynamic=False))
+
+
+class _ChunkedMemory(torch.autograd.Function):
+    """The chunk loop with its hand-derived backward, which walks the chunks in reverse.
+
+    With ``checkpoint_chunks`` the forward keeps only the state at the start of every group of
+    that many chunks and the backward recomputes each group's forward before walking it back;
+    without, every chunk's start state and cache are kept. A backward that must itself be
+    differentiable (``create_graph=True``) is taken by autograd through a recomputation.
     """
 
     @staticmethod
-    def forward(ctx, spec: _Spec, *tensors: Tensor):  # type: ignore[override]
+    def forward(ctx, spec: _Spec, checkpoint_chunks: int | None, *tensors: Tensor):  # type: ignore[override]
         """tensors: the residual norm's (gamma, beta) if spec says it has one, the stacked
-        state of every layer, then the group's per-chunk tensors."""
-        ctx.spec = spec
+        state of every layer, then the eight :class:`_Chunk` tensors of all chunks."""
+        wss, norm, chunks = _split_inputs(tensors, spec)
+        ctx.spec, ctx.group = spec, checkpoint_chunks
         ctx.save_for_backward(*tensors)
-        o, wss = _run_chunks(*_split_inputs(tensors, spec))
-        return (o, *wss)
+        if checkpoint_chunks is None:
+            o, new, ctx.kept = _run_chunks(wss, norm, chunks, spec, keep=True)
+            return (o, *new)
+        outputs, ctx.starts = [], []
+        for group in zip(*(x.split(checkpoint_chunks) for x in chunks), strict=True):
+            ctx.starts.append(wss)
+            o, wss, _ = _run_chunks(wss, norm, _Chunk(*group), spec)
+            outputs.append(o)
+        return (torch.cat(outputs), *wss)
 
     @staticmethod
-    def backward(ctx, *grad_outputs: Tensor):  # type: ignore[override]
-        inputs = [t.detach().requires_grad_(need) for t, need in
-                  zip(ctx.saved_tensors, ctx.needs_input_grad[1:], strict=True)]
-        # The recomputation must match the forward, which ran with autocast off: a backward
-        # called inside an autocast region would otherwise recompute in low precision.
-        device = inputs[0].device.type
-        with torch.enable_grad(), torch.autocast(device_type=device, enabled=False):
-            o, wss = _run_chunks(*_split_inputs(inputs, ctx.spec))
-        wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad((o, *wss), wanted, grad_outputs, allow_unused=True))
-        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+    def backward(ctx, g_out: Tensor, *g_state: Tensor):  # type: ignore[override]
+        tensors, spec = ctx.saved_tensors, ctx.spec
+        if torch.is_grad_enabled():
+            return (None, None, *_autograd_backward(tensors, spec, g_out, g_state))
+        _, norm, chunks = _split_inputs(tensors, spec)
+        n_chunks = chunks.q.shape[0]
+        backward = _steps(spec.compile_step)[1]
+        g_chunks = _Chunk(*(torch.empty_like(x) for x in chunks))
+        g_norm = [torch.zeros_like(p) for p in norm]
+        g_wss = list(g_state)
+        # The backward must run in the forward's precision, whatever autocast region calls it.
+        with torch.autocast(device_type=g_out.device.type, enabled=False):
+            for start in reversed(range(0, n_chunks, ctx.group or n_chunks)):
+                stop = min(start + (ctx.group or n_chunks), n_chunks)
+                if ctx.group is None:
+                    kept = ctx.kept
+                else:
+                    group = _Chunk(*(x[start:stop] for x in chunks))
+                    kept = _run_chunks(ctx.starts[start // ctx.group], norm, group, spec,
+                                       keep=True)[2]
+                for n in range(stop - 1, start - 1, -1):
+                    chunk = _Chunk(*(x[n] for x in chunks))
+                    start_state, cache = kept[n - start]
+                    g_wss, g_chunk, g_n = backward(start_state, norm, chunk, cache, g_out[n],
+                                                   g_wss, spec)
+                    for buf, g in zip(g_chunks, g_chunk, strict=True):
+                        buf[n] = g
+                    for buf, g in zip(g_norm, g_n, strict=True):
+                        buf += g
+        return (None, None, *g_norm, *g_wss, *g_chunks)
+
+
+def _autograd_backward(
+    tensors: tuple[Tensor, ...], spec: _Spec, g_out: Tensor, g_state: tuple[Tensor, ...]
+) -> tuple[Tensor | None, ...]:
+    """Gradients by autograd through a recomputed forward, with ``create_graph`` (for double
+    backward: the hand-derived backward is not itself differentiable)."""
+    wanted = [t for t in tensors if t.requires_grad]
+    with torch.autocast(device_type=g_out.device.type, enabled=False):
+        o, new, _ = _run_chunks(*_split_inputs(tensors, spec), spec)
+    grads = iter(torch.autograd.grad((o, *new), wanted, (g_out, *g_state), create_graph=True,
+                                     allow_unused=True))
+    return tuple(next(grads) if t.requires_grad else None for t in tensors)
 
 
 def _split_inputs(
-    tensors: tuple[Tensor, ...] | list[Tensor], spec: _Spec
-) -> tuple[list[Tensor], tuple[Tensor, ...], tuple[Tensor, ...], _Spec]:
-    """The flat inputs of :class:`_RecomputedChunks` back as ``_run_chunks``' arguments."""
-    n_norm = 2 if spec[1] else 0
-    depth = len(tensors) - _GROUP_TENSORS - n_norm
+    tensors: tuple[Tensor, ...], spec: _Spec
+) -> tuple[list[Tensor], tuple[Tensor, ...], _Chunk]:
+    """The flat inputs of :class:`_ChunkedMemory` back as (state, norm, chunks)."""
+    n_norm = 2 if spec.residual_norm else 0
+    depth = len(tensors) - len(_Chunk._fields) - n_norm
     return (list(tensors[n_norm:n_norm + depth]), tuple(tensors[:n_norm]),
-            tuple(tensors[n_norm + depth:]), spec)
+            _Chunk(*tensors[n_norm + depth:]))
 
 
 def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:

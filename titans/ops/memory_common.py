@@ -7,8 +7,10 @@ The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one indepen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +180,17 @@ def activation_backward(name: str, grad: Tensor, z: Tensor) -> Tensor:
     return grad * s * (1 + z * (1 - s))
 
 
+def activation_second(name: str, z: Tensor) -> Tensor:
+    """``act''(z)``, the curvature the backward of an inner gradient needs.
+
+    GELU ``z Phi(z)``: ``phi(z) (2 - z^2)``; SiLU ``z s(z)``: ``s (1 - s) (2 + z (1 - 2 s))``.
+    """
+    if name == "gelu":
+        return torch.exp(-0.5 * z * z) * (2 - z * z) * (2 * math.pi) ** -0.5
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
 def mlp_forward(
     x: Tensor,
     weights: list[Tensor],
@@ -208,22 +221,47 @@ def mlp_forward(
     return h
 
 
-def _layer_norm_and_backward(
-    z: Tensor, target: Tensor, skip: Tensor, gamma: Tensor, beta: Tensor
-) -> Tensor:
-    """Error signal at the MLP output for ``M = skip + LayerNorm(z) * gamma + beta`` and loss
-    0.5||M - target||^2 (z, target, skip: [..., n, D]; gamma, beta broadcast to them, one row
-    per (batch, head): [BH, 1, D] or [H, 1, D]).
+def layer_norm(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm without affine part over the last dim: (normalised z, mean, rstd).
 
-    ATen's fused layer-norm kernels, which are themselves differentiable (double backward); the
-    affine part is applied outside them because it differs per (batch, head).
+    ATen's fused kernels when autograd is off (the chunked op's forward and hand-derived
+    backward). With grad enabled the norm is composed of plain ops: autograd may then take
+    third derivatives through the inner gradient's layer-norm backward (a double backward of
+    the op), and the fused kernels' derivatives treat mean and rstd as constants there.
     """
-    d = [z.shape[-1]]
-    y, mean, rstd = torch.ops.aten.native_layer_norm(z, d, None, None, LAYER_NORM_EPS)
-    err = skip + y * gamma + beta - target
-    return torch.ops.aten.native_layer_norm_backward(
-        err * gamma, z, d, mean, rstd, None, None, [True, False, False]
-    )[0]
+    if not torch.is_grad_enabled():
+        return torch.ops.aten.native_layer_norm(z, z.shape[-1:], None, None, LAYER_NORM_EPS)
+    mean = z.mean(-1, keepdim=True)
+    rstd = ((z - mean).pow(2).mean(-1, keepdim=True) + LAYER_NORM_EPS).rsqrt()
+    return (z - mean) * rstd, mean, rstd
+
+
+def layer_norm_backward(g: Tensor, z: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """``LN'(z)^T g`` for :func:`layer_norm` (the Jacobian is symmetric, so this is also
+    ``LN'(z) g``): ``rstd (g - mean(g) - y mean(g y))`` with ``y = LN(z)``."""
+    if not torch.is_grad_enabled():
+        return torch.ops.aten.native_layer_norm_backward(
+            g, z, z.shape[-1:], mean, rstd, None, None, [True, False, False]
+        )[0]
+    y = (z - mean) * rstd
+    return rstd * (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True))
+
+
+class InnerGradients(NamedTuple):
+    """Every token's inner gradient at fixed weights as factors, and what its backward needs.
+
+    Token r's gradient of ``0.5 ||M(k_r; W) - v_r||^2`` in layer i is the outer product
+    ``inputs[i][r]^T scaled[i][r]`` (layer input times back-propagated error): callers use the
+    factors without forming the d_{i-1} x d_i matrices. All [..., n, d] (clip: [..., n, 1]).
+    """
+
+    inputs: list[Tensor]  # a_0 = k, a_1, ...: each layer's input
+    pre: list[Tensor]  # z_1, ..., z_L: each layer's pre-activation
+    backs: list[Tensor]  # delta_{i+1} W_{i+1}^T, the error reaching the layers before the last
+    deltas: list[Tensor]  # the back-propagated errors before clipping
+    scaled: list[Tensor]  # the errors after clipping (the deltas themselves without it)
+    clip: tuple[Tensor, Tensor] | None  # (||u_r||^2, clip scale) with max_grad_norm
+    key_norm: tuple[Tensor, ...] | None  # (LN(z_L), mean, rstd, M(k) - v) with the norm
 
 
 def inner_gradients(
@@ -233,19 +271,15 @@ def inner_gradients(
     activation: str,
     norm: tuple[Tensor, Tensor] | None,
     max_grad_norm: float | None,
-) -> tuple[list[Tensor], list[Tensor]]:
+) -> InnerGradients:
     """Every token's inner gradient at fixed weights, by hand: forward the keys, back-propagate.
 
-    Token r's gradient of ``0.5 ||M(k_r; W) - v_r||^2`` in layer i is the outer product
-    ``inputs[i][r]^T deltas[i][r]`` (layer input times back-propagated error), returned as these
-    two factors so that callers can use them without forming the d_{i-1} x d_i matrices. With
-    ``max_grad_norm`` each token's deltas are scaled so that its gradient, all layers together,
-    has at most that norm. Plain tensor ops: differentiable by autograd.
+    With ``max_grad_norm`` each token's errors are scaled so that its gradient, all layers
+    together, has at most that norm. Plain tensor ops: differentiable by autograd.
 
     k: [..., n, d_0]; v: [..., n, d_L]; weights[i]: [..., d_{i-1}, d_i] (the same leading dims).
     norm: (gamma, beta), the affine part of the residual norm ``M = k + LN(mlp(k)) * gamma +
         beta``, each broadcastable to [..., n, d_L]; None for the plain MLP ``M = mlp(k)``.
-    Returns inputs[i]: [..., n, d_{i-1}] and deltas[i]: [..., n, d_i].
     """
     act = activation_fn(activation)
     depth = len(weights)
@@ -256,15 +290,31 @@ def inner_gradients(
         z = x @ w
         pre.append(z)
         x = act(z) if i < depth - 1 else z
-    deltas = [z - v if norm is None else _layer_norm_and_backward(z, v, k, *norm)]
+    key_norm = None
+    if norm is None:
+        deltas = [z - v]
+    else:
+        # The error at the MLP output for M = k + LN(z) gamma + beta: LN'(z)^T (err * gamma).
+        gamma, beta = norm
+        y, mean, rstd = layer_norm(z)
+        err = k + y * gamma + beta - v
+        deltas = [layer_norm_backward(err * gamma, z, mean, rstd)]
+        key_norm = (y, mean, rstd, err)
+    backs = []
     for i in range(depth - 1, 0, -1):
-        back = deltas[0] @ weights[i].transpose(-1, -2)
-        deltas.insert(0, activation_backward(activation, back, pre[i - 1]))
+        backs.insert(0, deltas[0] @ weights[i].transpose(-1, -2))
+        deltas.insert(0, activation_backward(activation, backs[0], pre[i - 1]))
+    scaled, clip = deltas, None
     if max_grad_norm is not None:
         # The squared Frobenius norm of a_r^T delta_r is ||a_r||^2 ||delta_r||^2, so clipping
         # scales the rows of delta.
-        sq_norm = sum(a.pow(2).sum(-1, keepdim=True) * d.pow(2).sum(-1, keepdim=True)
-                      for a, d in zip(inputs, deltas, strict=True))
+        sq_norm = sum(row_sq(a) * row_sq(d) for a, d in zip(inputs, deltas, strict=True))
         scale = grad_clip_scale(sq_norm, max_grad_norm)
-        deltas = [d * scale for d in deltas]
-    return inputs, deltas
+        scaled = [d * scale for d in deltas]
+        clip = (sq_norm, scale)
+    return InnerGradients(inputs, pre, backs, deltas, scaled, clip, key_norm)
+
+
+def row_sq(x: Tensor) -> Tensor:
+    """||x_r||^2 per row: [..., n, d] -> [..., n, 1]."""
+    return x.pow(2).sum(-1, keepdim=True)

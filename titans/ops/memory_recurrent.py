@@ -89,9 +89,10 @@ def memory_recurrent(
             gamma, beta = (vh.new_full((), fill) if p is None else p[:, None].to(dtype)
                            for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0)))
             norm = (gamma, beta)
-        inputs, deltas = inner_gradients(kh, vh, w0, activation, norm, max_grad_norm)
+        inner = inner_gradients(kh, vh, w0, activation, norm, max_grad_norm)
         # u_t of every token and layer at once: a_t^T delta_t, [B, H, n, d_{i-1}, d_i].
-        grads = [a[..., :, None] * d[..., None, :] for a, d in zip(inputs, deltas, strict=True)]
+        grads = [a[..., :, None] * d[..., None, :]
+                 for a, d in zip(inner.inputs, inner.scaled, strict=True)]
         outputs = []
         for t in range(qh.shape[2]):
             ss = [eta[:, :, t] * s - theta[:, :, t] * u[:, :, t]
