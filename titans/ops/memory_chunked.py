@@ -33,14 +33,13 @@ from titans.ops.memory_common import (
     MemoryState,
     activation_backward,
     activation_fn,
-    activation_second,
     check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
     inner_gradients,
+    inner_gradients_backward,
     layer_norm,
     layer_norm_backward,
-    row_sq,
 )
 
 
@@ -199,12 +198,11 @@ class _Chunk(NamedTuple):
     mix: Tensor  # [BH, 2, 2]: [[A, g], [0, E]], the boundary state's carry to the chunk end
 
 
-class _Cache(NamedTuple):
-    """What the backward of one chunk needs from its forward, all [BH, c, ...]."""
+class _Read(NamedTuple):
+    """What the read's backward needs from its forward, [..., c, ...] each."""
 
-    inner: InnerGradients  # the inner gradients' factors at the chunk-start weights
     reads: list[Tensor]  # x_1 = q, x_2, ...: each layer's input on the queries
-    products: list[Tensor]  # x_i a_i^T for layers i >= 1 ([BH, c, c], before the gate mask)
+    products: list[Tensor]  # x_i a_i^T for layers i >= 1 ([..., c, c], before the gate mask)
     scores: list[Tensor]  # the read scores of every layer (qk_theta, then products * K_theta)
     read_pre: list[Tensor]  # Z_1, ..., Z_L: pre-activations of the read
     out_norm: tuple[Tensor, ...] | None  # (LN(Z_L), mean, rstd)
@@ -215,7 +213,7 @@ def _run_chunks(
     keep: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[tuple[list[Tensor], _Cache]]]:
     """Visit the chunks in order: outputs [N, BH, c, D_v], the state after them, and (with
-    ``keep``) every chunk's start state and cache for :func:`_chunk_backward`.
+    ``keep``) every chunk's start state and cache for its backward.
 
     wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
     norm: (gamma, beta) of the residual norm, each [BH, 1, D_v], or () without it.
@@ -231,23 +229,72 @@ def _run_chunks(
     return torch.stack(outputs), wss, kept
 
 
+class _Cache(NamedTuple):
+    """What the backward of one chunk needs from its forward."""
+
+    inner: InnerGradients
+    read: _Read
+
+
 def _chunk_forward(
     wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, spec: _Spec
 ) -> tuple[Tensor, list[Tensor], _Cache]:
     """One chunk: its outputs [BH, c, D_v], the stacked state ``[W; S]`` at its end, the cache.
 
-    Stacked, ``W`` is a contiguous view, the read ``A_t x W + g_t x S`` is one matmul and the
-    boundary update ``W' = A W + g S, S' = E S`` one 2x2 mixing matmul.
+    The chunk's state is read while it is in cache: batching the reads of many chunks (which
+    only need their start states) into larger matmuls was measured slower on CPU, as the
+    stacked states must then be copied and streamed from memory.
+    """
+    new, inner = _update(wss, norm, chunk, spec)
+    out, read = _read(wss, norm, chunk, inner, spec)
+    return out, new, _Cache(inner, read)
+
+
+def _chunk_backward(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, cache: _Cache, g_out: Tensor,
+    g_new: list[Tensor], spec: _Spec,
+) -> tuple[list[Tensor], _Chunk, tuple[Tensor, ...]]:
+    """The gradients of one chunk's inputs from those of its outputs, by explicit matmuls.
+
+    wss: the chunk's start state; g_out: [BH, c, D_v]; g_new: the gradient of the end state.
+    Returns the gradient of the start state, of every :class:`_Chunk` tensor and of
+    (gamma, beta) (each [BH, 1, D_v], summed over the chunk's rows).
+    """
+    g_read, g_scaled, g_inputs, g_norm, g_part = _read_backward(
+        wss, norm, chunk, cache.inner, cache.read, g_out, spec)
+    g_wss, g_k, g_v, g_end, g_mix, g_update = _update_backward(
+        wss, norm, chunk, cache.inner, g_new, g_scaled, g_inputs, spec)
+    g_chunk = g_part._replace(k=g_k, v=g_v, end_coef=g_end, mix=g_mix)
+    return ([a + b for a, b in zip(g_wss, g_read, strict=True)], g_chunk,
+            tuple(a + b for a, b in zip(g_norm, g_update, strict=True)))
+
+
+def _update(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, spec: _Spec
+) -> tuple[list[Tensor], InnerGradients]:
+    """One chunk's inner gradients at its start weights and the stacked state ``[W; S]`` at
+    its end: ``W' = A W + g S, S' = E S`` (one 2x2 mixing matmul) minus the tokens' steps."""
+    ws = [m[:, : m.shape[1] // 2] for m in wss]
+    inner = inner_gradients(chunk.k, chunk.v, ws, spec.activation, norm or None,
+                            spec.max_grad_norm)
+    new = []
+    for m, a, delta in zip(wss, inner.inputs, inner.scaled, strict=True):
+        kept = (chunk.mix @ m.view(m.shape[0], 2, -1)).view_as(m)
+        coef_a = _scale_rows(chunk.end_coef, a).transpose(-1, -2)
+        new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
+    return new, inner
+
+
+def _read(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
+    spec: _Spec,
+) -> tuple[Tensor, _Read]:
+    """Read M(q_t; W_t) with the per-token weights, layer by layer (dual form): [..., c, D_v].
+
+    wss: the chunk's start state. Stacked, the read ``A_t x W + g_t x S`` is one matmul.
     """
     act = activation_fn(spec.activation)
     depth = len(wss)
-    ws = [m[:, : m.shape[1] // 2] for m in wss]
-    # Inner gradient at the chunk-start weights: forward the keys, back-propagate the error.
-    inner = inner_gradients(chunk.k, chunk.v, ws, spec.activation, norm or None,
-                            spec.max_grad_norm)
-    inputs, scaled = inner.inputs, inner.scaled
-
-    # Read M(q_t; W_t) with the per-token weights, layer by layer (dual form).
     reads, products, scores, read_pre = [], [], [], []
     x = chunk.q
     for i in range(depth):
@@ -255,10 +302,10 @@ def _chunk_forward(
         if i == 0:
             s = chunk.qk_theta
         else:
-            products.append(x @ inputs[i].transpose(-1, -2))
+            products.append(x @ inner.inputs[i].transpose(-1, -2))
             s = products[-1] * chunk.k_theta
         scores.append(s)
-        z = torch.baddbmm(_scale_rows(chunk.row_coef, x) @ wss[i], s, scaled[i], alpha=-1)
+        z = torch.baddbmm(_scale_rows(chunk.row_coef, x) @ wss[i], s, inner.scaled[i], alpha=-1)
         read_pre.append(z)
         x = act(z) if i < depth - 1 else z
     out_norm = None
@@ -269,133 +316,82 @@ def _chunk_forward(
         out_norm = (y, mean, rstd)
     else:
         out = z
-
-    # Carry weights and momentum to the next chunk boundary.
-    new = []
-    for m, a, delta in zip(wss, inputs, scaled, strict=True):
-        kept = (chunk.mix @ m.view(m.shape[0], 2, -1)).view_as(m)
-        coef_a = _scale_rows(chunk.end_coef, a).transpose(-1, -2)
-        new.append(torch.baddbmm(kept, coef_a, delta, alpha=-1))
-    cache = _Cache(inner, reads, products, scores, read_pre, out_norm)
-    return out, new, cache
+    return out, _Read(reads, products, scores, read_pre, out_norm)
 
 
-def _chunk_backward(
-    wss: list[Tensor],
-    norm: tuple[Tensor, ...],
-    chunk: _Chunk,
-    cache: _Cache,
-    g_out: Tensor,
-    g_new: list[Tensor],
-    spec: _Spec,
-) -> tuple[list[Tensor], _Chunk, tuple[Tensor, ...]]:
-    """The gradients of one chunk's inputs from those of its outputs, by explicit matmuls.
+def _read_backward(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
+    cache: _Read, g_out: Tensor, spec: _Spec,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], tuple[Tensor, ...], _Chunk]:
+    """The backward of :func:`_read`, last layer first.
 
-    wss: the chunk's start state; g_out: [BH, c, D_v]; g_new: the gradient of the end state.
-    Returns the gradient of the start state, of every :class:`_Chunk` tensor and of
-    (gamma, beta) (each [BH, 1, D_v], summed over the chunk's rows).
-    The steps mirror :func:`_chunk_forward` in reverse: boundary update, read, clip, the
-    error's back-propagation (a second derivative of the inner loss), the keys' forward.
+    Returns the gradients of the start states, of ``inner.scaled``, of ``inner.inputs`` of the
+    layers after the first (the read does not use k itself), of (gamma, beta) (summed over
+    rows) and of the chunk tensors it reads (None for k, v, end_coef and mix: it does not
+    use them).
     """
     name = spec.activation
     depth = len(wss)
-    bh = g_out.shape[0]
-    ws = [m[:, : m.shape[1] // 2] for m in wss]
-    c, inner = cache, cache.inner
-
-    # Boundary update: new_i = mix @ [W; S] - scale_rows(end_coef, a_i)^T delta~_i.
-    g_wss = [(chunk.mix.transpose(-1, -2) @ g.view(bh, 2, -1)).view_as(g) for g in g_new]
-    g_mix = sum(g.view(bh, 2, -1) @ m.view(bh, 2, -1).transpose(-1, -2)
-                for g, m in zip(g_new, wss, strict=True))
-    g_scaled, g_inputs, g_end = [], [], 0
-    for a, d, g in zip(inner.inputs, inner.scaled, g_new, strict=True):
-        g_scaled.append(-(_scale_rows(chunk.end_coef, a) @ g))
-        g_coef, g_a = _scale_rows_backward(chunk.end_coef, a, -(d @ g.transpose(-1, -2)))
-        g_end = g_end + g_coef
-        g_inputs.append(g_a)
-
-    # Read, last layer first.
     g_norm: tuple[Tensor, ...] = ()
     g_q = 0
     if spec.residual_norm:
         gamma, _ = norm
-        y, mean, rstd = c.out_norm
+        y, mean, rstd = cache.out_norm
         g_norm = ((g_out * y).sum(-2, keepdim=True), g_out.sum(-2, keepdim=True))
-        g_z = layer_norm_backward(g_out * gamma, c.read_pre[-1], mean, rstd)
+        g_z = layer_norm_backward(g_out * gamma, cache.read_pre[-1], mean, rstd)
         g_q = g_out
     else:
         g_z = g_out
+    g_wss, g_scaled, g_inputs = [None] * depth, [None] * depth, [None] * (depth - 1)
     g_row, g_k_theta = 0, 0
     for i in range(depth - 1, -1, -1):
-        x = c.reads[i]
-        g_wss[i] = torch.baddbmm(g_wss[i], _scale_rows(chunk.row_coef, x).transpose(-1, -2), g_z)
+        x = cache.reads[i]
+        g_wss[i] = _scale_rows(chunk.row_coef, x).transpose(-1, -2) @ g_z
         g_coef, g_x = _scale_rows_backward(chunk.row_coef, x, g_z @ wss[i].transpose(-1, -2))
         g_row = g_row + g_coef
         g_scores = -(g_z @ inner.scaled[i].transpose(-1, -2))
-        g_scaled[i] = torch.baddbmm(g_scaled[i], c.scores[i].transpose(-1, -2), g_z, alpha=-1)
+        g_scaled[i] = -(cache.scores[i].transpose(-1, -2) @ g_z)
         if i == 0:
             g_qk_theta = g_scores
             g_q = g_q + g_x
         else:
-            g_k_theta = g_k_theta + g_scores * c.products[i - 1]
+            g_k_theta = g_k_theta + g_scores * cache.products[i - 1]
             g_products = g_scores * chunk.k_theta
-            g_x = torch.baddbmm(g_x, g_products, inner.inputs[i])
-            g_inputs[i] = torch.baddbmm(g_inputs[i], g_products.transpose(-1, -2), x)
-            g_z = activation_backward(name, g_x, c.read_pre[i - 1])
-
-    # Clip: delta~ = scale * delta, scale = m / sqrt(max(n, m^2)), n = sum ||a||^2 ||delta||^2.
-    if inner.clip is None:
-        g_deltas = g_scaled
-    else:
-        sq_norm, scale = inner.clip
-        m = spec.max_grad_norm
-        g_scale = sum(_row_dot(g, d) for g, d in zip(g_scaled, inner.deltas, strict=True))
-        g_sq = torch.where(sq_norm >= m * m, -0.5 * g_scale * scale.pow(3) / (m * m), 0.0)
-        g_deltas = []
-        for i, (a, d, g) in enumerate(zip(inner.inputs, inner.deltas, g_scaled, strict=True)):
-            g_deltas.append(g * scale + 2 * g_sq * row_sq(a) * d)
-            g_inputs[i] = g_inputs[i] + 2 * g_sq * row_sq(d) * a
-
-    # The error's back-propagation, delta_i = act'(z_i) * (delta_{i+1} W_{i+1}^T), first layer
-    # first: its gradient reaches delta_{i+1}, W_{i+1} and (by act'') z_i.
-    g_pre = []
-    for i in range(depth - 1):
-        g_back = activation_backward(name, g_deltas[i], inner.pre[i])
-        g_pre.append(g_deltas[i] * inner.backs[i] * activation_second(name, inner.pre[i]))
-        g_deltas[i + 1] = torch.baddbmm(g_deltas[i + 1], g_back, ws[i + 1])
-        g_wss[i + 1][:, : ws[i + 1].shape[1]] += g_back.transpose(-1, -2) @ inner.deltas[i + 1]
-    g_delta = g_deltas[-1]
-    if spec.residual_norm:
-        # delta_L = LN'(z_L)^T (err * gamma) with err = k + LN(z_L) gamma + beta - v.
-        gamma, _ = norm
-        y, mean, rstd, err = inner.key_norm
-        z_last = inner.pre[-1]
-        g_h = layer_norm_backward(g_delta, z_last, mean, rstd)
-        g_err = g_h * gamma
-        h_y = _row_dot(err * gamma, y) / y.shape[-1]
-        g_z_last = (layer_norm_backward(g_err * gamma, z_last, mean, rstd) - rstd * h_y * g_h
-                    - rstd / y.shape[-1] * (_row_dot(g_delta, inner.deltas[-1]) * y
-                                            + _row_dot(g_delta, y) * inner.deltas[-1]))
-        g_norm = (g_norm[0] + (g_h * err + g_err * y).sum(-2, keepdim=True),
-                  g_norm[1] + g_err.sum(-2, keepdim=True))
-        g_k, g_v = g_err, -g_err
-    else:
-        g_z_last, g_k, g_v = g_delta, 0, -g_delta
-    g_pre.append(g_z_last)
-
-    # The keys' forward through the chunk-start weights, last layer first.
-    for i in range(depth - 1, -1, -1):
-        if i < depth - 1:
-            g_pre[i] = g_pre[i] + activation_backward(name, g_inputs[i + 1], inner.pre[i])
-        g_wss[i][:, : ws[i].shape[1]] += inner.inputs[i].transpose(-1, -2) @ g_pre[i]
-        g_inputs[i] = torch.baddbmm(g_inputs[i], g_pre[i], ws[i].transpose(-1, -2))
-    g_chunk = _Chunk(g_q, g_k + g_inputs[0], g_v, g_qk_theta, g_k_theta, g_row, g_end, g_mix)
-    return g_wss, g_chunk, g_norm
+            g_x = g_x + g_products @ inner.inputs[i]
+            g_inputs[i - 1] = g_products.transpose(-1, -2) @ x
+            g_z = activation_backward(name, g_x, cache.read_pre[i - 1])
+    g_chunk = _Chunk(g_q, None, None, g_qk_theta, g_k_theta, g_row, None, None)
+    return g_wss, g_scaled, g_inputs, g_norm, g_chunk
 
 
-def _row_dot(x: Tensor, y: Tensor) -> Tensor:
-    """x_r . y_r per row: [..., c, d] -> [..., c, 1]."""
-    return (x * y).sum(-1, keepdim=True)
+def _update_backward(
+    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
+    g_new: list[Tensor], g_scaled: list[Tensor], g_inputs: list[Tensor], spec: _Spec,
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    """The backward of :func:`_update` for one chunk, given the gradient of its end state and
+    the read's gradients of its inner gradients (g_scaled; g_inputs of the layers after the
+    first).
+
+    Returns the gradients of the start state (without the read's share), of k, v, end_coef,
+    mix and (gamma, beta).
+    """
+    bh = g_new[0].shape[0]
+    g_wss = [(chunk.mix.transpose(-1, -2) @ g.view(bh, 2, -1)).view_as(g) for g in g_new]
+    g_mix = sum(g.view(bh, 2, -1) @ m.view(bh, 2, -1).transpose(-1, -2)
+                for g, m in zip(g_new, wss, strict=True))
+    g_scaled, g_end = list(g_scaled), 0
+    g_inputs = [0, *g_inputs]
+    for i, (a, d, g) in enumerate(zip(inner.inputs, inner.scaled, g_new, strict=True)):
+        g_scaled[i] = torch.baddbmm(g_scaled[i], _scale_rows(chunk.end_coef, a), g, alpha=-1)
+        g_coef, g_a = _scale_rows_backward(chunk.end_coef, a, -(d @ g.transpose(-1, -2)))
+        g_end = g_end + g_coef
+        g_inputs[i] = g_a + g_inputs[i]
+    ws = [m[:, : m.shape[1] // 2] for m in wss]
+    g_ws, g_k, g_v, g_norm = inner_gradients_backward(
+        ws, inner, g_scaled, g_inputs, spec.activation, norm or None, spec.max_grad_norm)
+    for g_m, g_w in zip(g_wss, g_ws, strict=True):
+        g_m[:, : g_w.shape[1]] += g_w
+    return g_wss, g_k, g_v, g_end, g_mix, g_norm or ()
 
 
 def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
@@ -426,8 +422,9 @@ class _ChunkedMemory(torch.autograd.Function):
 
     With ``checkpoint_chunks`` the forward keeps only the state at the start of every group of
     that many chunks and the backward recomputes each group's forward before walking it back;
-    without, every chunk's start state and cache are kept. A backward that must itself be
-    differentiable (``create_graph=True``) is taken by autograd through a recomputation.
+    without, every chunk's start state and inner gradients are kept. A backward that must
+    itself be differentiable (``create_graph=True``) is taken by autograd through a
+    recomputation.
     """
 
     @staticmethod
@@ -454,23 +451,23 @@ class _ChunkedMemory(torch.autograd.Function):
             return (None, None, *_autograd_backward(tensors, spec, g_out, g_state))
         _, norm, chunks = _split_inputs(tensors, spec)
         n_chunks = chunks.q.shape[0]
+        group = ctx.group or n_chunks
         backward = _steps(spec.compile_step)[1]
         g_chunks = _Chunk(*(torch.empty_like(x) for x in chunks))
         g_norm = [torch.zeros_like(p) for p in norm]
         g_wss = list(g_state)
         # The backward must run in the forward's precision, whatever autocast region calls it.
         with torch.autocast(device_type=g_out.device.type, enabled=False):
-            for start in reversed(range(0, n_chunks, ctx.group or n_chunks)):
-                stop = min(start + (ctx.group or n_chunks), n_chunks)
+            for start in reversed(range(0, n_chunks, group)):
+                stop = min(start + group, n_chunks)
                 if ctx.group is None:
                     kept = ctx.kept
                 else:
-                    group = _Chunk(*(x[start:stop] for x in chunks))
-                    kept = _run_chunks(ctx.starts[start // ctx.group], norm, group, spec,
-                                       keep=True)[2]
+                    part = _Chunk(*(x[start:stop] for x in chunks))
+                    kept = _run_chunks(ctx.starts[start // group], norm, part, spec, keep=True)[2]
                 for n in range(stop - 1, start - 1, -1):
-                    chunk = _Chunk(*(x[n] for x in chunks))
                     start_state, cache = kept[n - start]
+                    chunk = _Chunk(*(x[n] for x in chunks))
                     g_wss, g_chunk, g_n = backward(start_state, norm, chunk, cache, g_out[n],
                                                    g_wss, spec)
                     for buf, g in zip(g_chunks, g_chunk, strict=True):

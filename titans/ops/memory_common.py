@@ -318,3 +318,79 @@ def inner_gradients(
 def row_sq(x: Tensor) -> Tensor:
     """||x_r||^2 per row: [..., n, d] -> [..., n, 1]."""
     return x.pow(2).sum(-1, keepdim=True)
+
+
+def inner_gradients_backward(
+    weights: list[Tensor],
+    inner: InnerGradients,
+    g_scaled: list[Tensor],
+    g_inputs: list[Tensor],
+    activation: str,
+    norm: tuple[Tensor, Tensor] | None,
+    max_grad_norm: float | None,
+) -> tuple[list[Tensor], Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """The backward of :func:`inner_gradients` by explicit matmuls (a second derivative of the
+    inner loss: it needs ``act''`` and the derivative of the layer norm's backward).
+
+    g_scaled, g_inputs: the gradients of ``inner.scaled`` and ``inner.inputs`` (same shapes).
+    Returns the gradients of the weights, of k and of v, and of (gamma, beta) summed over the
+    rows (``[..., 1, d_L]``; None without the norm).
+    """
+    depth = len(weights)
+    g_inputs = list(g_inputs)
+    if inner.clip is None:
+        g_deltas = list(g_scaled)
+    else:
+        # scaled = scale * delta, scale = m / sqrt(max(n, m^2)), n = sum ||a||^2 ||delta||^2
+        sq_norm, scale = inner.clip
+        bound = max_grad_norm**2
+        g_scale = sum(row_dot(g, d) for g, d in zip(g_scaled, inner.deltas, strict=True))
+        g_sq = torch.where(sq_norm >= bound, -0.5 * g_scale * scale.pow(3) / bound, 0.0)
+        g_deltas = []
+        for i, (a, d, g) in enumerate(zip(inner.inputs, inner.deltas, g_scaled, strict=True)):
+            g_deltas.append(g * scale + 2 * g_sq * row_sq(a) * d)
+            g_inputs[i] = g_inputs[i] + 2 * g_sq * row_sq(d) * a
+
+    # delta_i = act'(z_i) * (delta_{i+1} W_{i+1}^T), first layer first: its gradient reaches
+    # delta_{i+1}, W_{i+1} and, by act'', z_i.
+    g_weights: list[Tensor | None] = [None] * depth
+    g_pre = []
+    for i in range(depth - 1):
+        g_back = activation_backward(activation, g_deltas[i], inner.pre[i])
+        g_pre.append(g_deltas[i] * inner.backs[i] * activation_second(activation, inner.pre[i]))
+        g_deltas[i + 1] = g_deltas[i + 1] + g_back @ weights[i + 1]
+        g_weights[i + 1] = g_back.transpose(-1, -2) @ inner.deltas[i + 1]
+    g_delta = g_deltas[-1]
+    g_norm = None
+    if norm is None:
+        g_pre.append(g_delta)
+        g_k, g_v = 0, -g_delta
+    else:
+        # delta_L = LN'(z)^T h with h = err * gamma, err = k + LN(z) gamma + beta - v. Besides
+        # through h, delta_L depends on z through LN' itself:
+        # d delta_L = (dr / r) delta_L - r mean(h y) dy - r y mean(h dy), r = rstd, y = LN(z).
+        gamma, _ = norm
+        y, mean, rstd, err = inner.key_norm
+        z, d = inner.pre[-1], y.shape[-1]
+        g_h = layer_norm_backward(g_delta, z, mean, rstd)
+        g_err = g_h * gamma
+        h_y = row_dot(err * gamma, y) / d
+        g_pre.append(layer_norm_backward(g_err * gamma, z, mean, rstd) - rstd * h_y * g_h
+                     - rstd / d * (row_dot(g_delta, inner.deltas[-1]) * y
+                                   + row_dot(g_delta, y) * inner.deltas[-1]))
+        g_norm = ((g_h * err + g_err * y).sum(-2, keepdim=True), g_err.sum(-2, keepdim=True))
+        g_k, g_v = g_err, -g_err
+
+    # The keys' forward, last layer first.
+    for i in range(depth - 1, -1, -1):
+        if i < depth - 1:
+            g_pre[i] = g_pre[i] + activation_backward(activation, g_inputs[i + 1], inner.pre[i])
+        g_w = inner.inputs[i].transpose(-1, -2) @ g_pre[i]
+        g_weights[i] = g_w if g_weights[i] is None else g_weights[i] + g_w
+        g_inputs[i] = g_inputs[i] + g_pre[i] @ weights[i].transpose(-1, -2)
+    return g_weights, g_k + g_inputs[0], g_v, g_norm
+
+
+def row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """x_r . y_r per row: [..., n, d] -> [..., n, 1]."""
+    return (x * y).sum(-1, keepdim=True)
