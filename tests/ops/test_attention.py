@@ -403,6 +403,44 @@ def test_float32_matches_float64(window):
     assert rel_err(out32.double(), out64) < 1e-5
 
 
+@pytest.mark.parametrize("window", [None, 40])
+def test_aligned_causal_fast_path_matches_the_masked_path(monkeypatch, window):
+    """Queries and keys with the same increasing indices (and a window spanning them) take SDPA's
+    is_causal path, building no mask; outputs and grads equal the masked path and the naive
+    reference in float64. Repeated, unsorted or out-of-window indices keep the masked path."""
+    t_len = 37
+    q, k, v, _ = make_inputs(t_len, t_len, seed=22)
+    idx = torch.arange(5, 5 + t_len)
+    masks = []
+    real_visible = attn_mod.visible
+
+    def recording_visible(q_index, k_index, w):
+        masks.append(q_index.shape[0])
+        return real_visible(q_index, k_index, w)
+
+    monkeypatch.setattr(attn_mod, "visible", recording_visible)
+    fast = attention(q, k, v, idx, idx, window=window, block_size=7)
+    assert masks == []
+    with monkeypatch.context() as m:
+        m.setattr(attn_mod, "_causal_aligned", lambda *args: False)
+        masked = attention(q, k, v, idx, idx, window=window, block_size=7)
+    assert masks
+    ref = attention_naive(q, k, v, idx, idx, window=window)
+    assert rel_err(fast, masked) < 1e-14 and rel_err(fast, ref) < 1e-13
+    cot = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(fast, (q, k, v), cot)
+    for g, g_masked, g_ref in zip(grads, torch.autograd.grad(masked, (q, k, v), cot),
+                                  torch.autograd.grad(ref, (q, k, v), cot), strict=True):
+        assert rel_err(g, g_masked) < 1e-13 and rel_err(g, g_ref) < 1e-12
+    qs, ks, vs = q[:, :, :5], k[:, :, :5], v[:, :, :5]
+    for index, w in ((torch.tensor([0, 0, 1, 2, 3]), None), (torch.tensor([3, 1, 2, 0, 4]), None),
+                     (torch.arange(5), 4)):
+        masks.clear()
+        out = attention(qs, ks, vs, index, index, window=w)
+        assert masks, (index, w)
+        assert rel_err(out, attention_naive(qs, ks, vs, index, index, window=w)) < 1e-13
+
+
 def test_window_mask_memory_is_local(monkeypatch):
     """Windowed attention over T=2000 never asks for a mask wider than block_size + window - 1
     or taller than block_size (no T x T mask), and still gives the right answer."""

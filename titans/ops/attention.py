@@ -75,32 +75,43 @@ def visible(q_index: Tensor, k_index: Tensor, window: int | None) -> Tensor:
     return mask
 
 
-def _block_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, prefix: Prefix | None, scale: float
-) -> Tensor:
-    """SDPA on one block; the prefix joins through a widened head dim.
+def _causal_aligned(q_index: Tensor, k_index: Tensor, window: int | None) -> bool:
+    """True when the rule is SDPA's ``is_causal``: query t sees key s iff s <= t.
+
+    That holds when queries and keys carry the same strictly increasing indices and the window,
+    if any, spans them all (e.g. one pass of full causal attention).
+    """
+    n = q_index.shape[0]
+    if n == 0 or k_index.shape[0] != n:
+        return False
+    if window is not None and int(q_index[-1] - q_index[0]) >= window:
+        return False
+    return torch.equal(q_index, k_index) and bool((q_index[1:] > q_index[:-1]).all())
+
+
+def _widen(
+    q: Tensor, k: Tensor, v: Tensor, prefix: Prefix
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fold the prefix into one SDPA call through a widened head dim.
 
     With q' = [q, q_p], key' = [k, 0] for ordinary keys and [0, k_p] for prefix keys, the scores
     are q.k and q_p.k_p in one call, so prefix keys carry no position while ordinary keys do.
     Values are zero-padded to the widened dim: SDPA's fused CPU kernel needs equal q and v dims
     (otherwise it falls back to the O(T * S)-memory math path).
+
+    Returns q' [B, H, T, D + D_p], ordinary keys' and values' [B, H, S, .] and prefix keys' and
+    values' [B, H, P, .]; the output of SDPA keeps the first D_v dims.
     """
-    if prefix is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     q_p, k_p, v_p = prefix
-    b, h = q.shape[:2]
-    k_p = k_p.expand(b, h, *k_p.shape[2:])
-    v_p = v_p.expand(b, h, *v_p.shape[2:])
-    q2 = torch.cat([q, q_p], -1)
-    k2 = torch.cat([
-        torch.cat([k_p.new_zeros(*k_p.shape[:3], k.shape[-1]), k_p], -1),
-        torch.cat([k, k.new_zeros(*k.shape[:3], k_p.shape[-1])], -1),
-    ], 2)
-    v2 = torch.cat([v_p, v], 2)
-    d_v = v2.shape[-1]
-    v2 = F.pad(v2, (0, max(0, q2.shape[-1] - d_v)))
-    mask2 = torch.cat([mask.new_ones(mask.shape[0], k_p.shape[2]), mask], -1)
-    return F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask2, scale=scale)[..., :d_v]
+    b, h, d, d_p = *q.shape[:2], k.shape[-1], k_p.shape[-1]
+    v_pad = max(0, d + d_p - v.shape[-1])
+    return (
+        torch.cat([q, q_p], -1),
+        F.pad(k, (0, d_p)),
+        F.pad(v, (0, v_pad)),
+        F.pad(k_p, (d, 0)).expand(b, h, -1, -1),
+        F.pad(v_p, (0, v_pad)).expand(b, h, -1, -1),
+    )
 
 
 def attention(
@@ -125,23 +136,40 @@ def attention(
     """
     _check(q, k, v, q_index, k_index, window, prefix)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    t_len = q.shape[2]
+    t_len, d_v = q.shape[2], v.shape[-1]
+    if prefix is None and _causal_aligned(q_index, k_index, window):
+        # No mask to build, and the kernel skips the blocks above the diagonal.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if window is None or t_len == 0:
-        return _block_attention(q, k, v, visible(q_index, k_index, window), prefix, scale)
+        spans = [(0, t_len, 0, k.shape[2])]
+    else:
+        # Keys a block of queries can see form one contiguous range of the sorted k_index.
+        starts = list(range(0, t_len, block_size))
+        ends = [min(a + block_size, t_len) for a in starts]
+        edges = torch.cat([q_index[starts] - window, q_index[[e - 1 for e in ends]]])
+        found = torch.searchsorted(k_index, edges, right=True).tolist()
+        spans = list(zip(starts, ends, found[:len(starts)], found[len(starts):], strict=True))
+    n_prefix = 0
+    if prefix is not None:
+        q, k, v, k_p, v_p = _widen(q, k, v, prefix)
+        n_prefix = k_p.shape[2]
     outs = []
-    for a in range(0, t_len, block_size):
-        b = min(a + block_size, t_len)
-        # Keys this block can see form one contiguous range of the sorted k_index.
-        bounds = torch.stack([q_index[a] - window, q_index[b - 1]])
-        lo, hi = torch.searchsorted(k_index, bounds, right=True).tolist()
-        qi = q_index[a:b]
-        mask = visible(qi, k_index[lo:hi], window)
-        block_prefix = None if prefix is None else (prefix[0][:, :, a:b], *prefix[1:])
-        outs.append(
-            _block_attention(q[:, :, a:b], k[:, :, lo:hi], v[:, :, lo:hi], mask, block_prefix,
-                             scale)
-        )
-    return torch.cat(outs, 2)
+    for a, b, lo, hi in spans:
+        mask = visible(q_index[a:b], k_index[lo:hi], window)
+        keys, values = _span(k, lo, hi), _span(v, lo, hi)
+        if n_prefix:
+            keys, values = torch.cat([k_p, keys], 2), torch.cat([v_p, values], 2)
+            mask = F.pad(mask, (n_prefix, 0), value=True)
+        outs.append(F.scaled_dot_product_attention(_span(q, a, b), keys, values, attn_mask=mask,
+                                                   scale=scale))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+    return out if out.shape[-1] == d_v else out[..., :d_v]
+
+
+def _span(x: Tensor, lo: int, hi: int) -> Tensor:
+    """``x[:, :, lo:hi]``, or x itself when that is all of it: the backward of a view writes its
+    gradient into a zero-filled tensor of x's size, a wasted copy for the whole range."""
+    return x if lo == 0 and hi == x.shape[2] else x[:, :, lo:hi]
 
 
 def attention_naive(
