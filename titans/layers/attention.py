@@ -93,13 +93,16 @@ class Attention(nn.Module):
         src_index = index if context is None else torch.cat([index, index])
         k = rotary_embedding(self._heads(self.k_proj(source)), src_index, self.rope_theta)
         v = self._heads(self.v_proj(source))
-        # A cache made outside autocast joins keys made inside it (and vice versa).
-        keys = torch.cat([cache.key.to(k.dtype), k], 2)
-        values = torch.cat([cache.value.to(v.dtype), v], 2)
-        k_index = torch.cat([cache.index, src_index])
-        if context is not None:
-            # Sorted indices keep each block's visible keys contiguous (a stable sort keeps the
-            # order of equal indices, so results do not depend on how the sequence was split).
+        keys, values, k_index = k, v, src_index
+        if cache.length:
+            # A cache made outside autocast joins keys made inside it (and vice versa).
+            keys = torch.cat([cache.key.to(k.dtype), k], 2)
+            values = torch.cat([cache.value.to(v.dtype), v], 2)
+            k_index = torch.cat([cache.index, src_index])
+        if context is not None and self.window is not None:
+            # A window needs sorted indices to keep each block's visible keys contiguous (a
+            # stable sort keeps the order of equal indices, so results do not depend on how the
+            # sequence was split). Without a window the key order is free.
             k_index, order = torch.sort(k_index, stable=True)
             keys, values = keys[:, :, order], values[:, :, order]
         pre = None
@@ -109,8 +112,11 @@ class Attention(nn.Module):
         o = attention(q, keys, values, index, k_index, window=self.window, prefix=pre,
                       block_size=self.block_size)
         if self.window is not None and x.shape[1] > 0:
-            # The next query (index > last) sees keys with index > last + 1 - window.
-            keep = k_index > index[-1] + 1 - self.window
-            keys, values, k_index = keys[:, :, keep], values[:, :, keep], k_index[keep]
+            # The next query (index > last) sees keys with index > last + 1 - window: a suffix
+            # of the sorted keys, copied so the cache does not hold on to all of them.
+            keep = int((k_index > index[-1] + 1 - self.window).sum())
+            start = k_index.shape[0] - keep
+            keys, values = keys[:, :, start:].clone(), values[:, :, start:].clone()
+            k_index = k_index[start:]
         out = self.o_proj(o.transpose(1, 2).reshape(b, x.shape[1], -1))
         return out, KVCache(keys, values, k_index)
