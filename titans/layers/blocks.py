@@ -223,11 +223,15 @@ class MACMixer(_PersistentMixin):
                         self.attn.empty_cache(batch_size, self.attn.q_proj.weight))
 
     def forward(self, x: Tensor, start: int, state: MACState) -> tuple[Tensor, MACState]:
-        outs, i, t_len = [], 0, x.shape[1]
-        while i < t_len:
-            offset = (start + i) % self.segment_len
-            n = min(self.segment_len - offset, t_len - i)
-            xs = x[:, i:i + n]
+        sizes, pos, end = [], start, start + x.shape[1]
+        while pos < end:
+            sizes.append(min(self.segment_len - pos % self.segment_len, end - pos))
+            pos += sizes[-1]
+        outs, pos = [], start
+        # One split rather than a slice per segment: a slice's backward writes its gradient into
+        # a zero-filled copy of the whole of x, once per segment.
+        for xs in x.split(sizes, 1):
+            offset, n = pos % self.segment_len, xs.shape[1]
             h, query_conv = self.memory.retrieve(xs, state.segment_memory, state.query_conv)
             index = _positions(offset, n, x.device)
             y, kv = self.attn(xs, index, state.kv, context=h, prefix=self.persistent)
@@ -241,7 +245,7 @@ class MACMixer(_PersistentMixin):
                                  self.attn.empty_cache(x.shape[0], x))
             else:
                 state = MACState(memory, state.segment_memory, query_conv, kv)
-            i += n
+            pos += n
         out = torch.cat(outs, 1) if outs else x.new_zeros(x.shape)
         return out, state
 
