@@ -160,12 +160,15 @@ class TitansLM(nn.Module):
         if return_logits:
             logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         if labels is not None:
-            targets = labels[:, 1:].flatten()
+            # Position t predicts labels[:, t + 1]; the last position has no target. Padding the
+            # targets (not slicing the logits) keeps the [B * T, V] scores a view: a slice would
+            # be copied here and again, zero-filled at full size, in the backward pass.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
             if logits is not None:
-                scores = logits[:, :-1].flatten(0, 1)
+                scores = logits.flatten(0, 1)
             else:
                 scored = targets != -100
-                scores, targets = self.lm_head(x[:, :-1].flatten(0, 1)[scored]), targets[scored]
+                scores, targets = self.lm_head(x.flatten(0, 1)[scored]), targets[scored]
             loss = F.cross_entropy(scores.float(), targets, ignore_index=-100)
         return TitansOutput(logits, loss, TitansState(layer_states, state.position + t_len, b))
 
