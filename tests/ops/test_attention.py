@@ -228,6 +228,26 @@ def test_value_dim_larger_than_widened_head_dim():
         assert rel_err(out, dense_reference(q, k, v, idx, idx, window, prefix)) < 1e-13
 
 
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize(("p", "d_p"), [(3, 8), (5, 5), (8, 3)])
+def test_prefix_scores_as_one_hot_keys_or_raw(window, p, d_p):
+    """With fewer prefix keys than prefix dims (P < D_p) the prefix joins SDPA as its scores
+    q_p @ k_p^T against one-hot keys, otherwise as q_p itself: both match the reference in
+    float64, outputs and the grads of q, k, v, q_p, k_p, v_p."""
+    t_len, cache = 11, 3
+    q, k, v, prefix = make_inputs(t_len, cache + t_len, d=6, d_v=7, p=p, d_p=d_p,
+                                  prefix_batch=(1, H), seed=23)
+    q_index, k_index = torch.arange(cache, cache + t_len), torch.arange(cache + t_len)
+    out = attention(q, k, v, q_index, k_index, window=window, prefix=prefix, block_size=4)
+    ref = attention_naive(q, k, v, q_index, k_index, window=window, prefix=prefix)
+    assert rel_err(out, ref) < 1e-13
+    inputs = all_inputs(q, k, v, prefix)
+    cot = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(4))
+    for g, g_ref in zip(torch.autograd.grad(out, inputs, cot),
+                        torch.autograd.grad(ref, inputs, cot), strict=True):
+        assert rel_err(g, g_ref) < 1e-12
+
+
 @pytest.mark.parametrize("window", [None, 4])
 def test_causality(window):
     """Changing the key/value at index j changes no query with q_index < j, but does change

@@ -38,7 +38,8 @@ class Attention(nn.Module):
         window: each query sees the ``window`` most recent positions, itself included
             (None = full causal attention). The cache keeps only what a later query can see.
         rope_theta: RoPE base.
-        block_size: queries per attention block (memory O(T * (block_size + window))).
+        block_size: at most this many queries per attention block, and no more than the window
+            (memory O(T * (block_size + window))).
     """
 
     def __init__(

@@ -62,7 +62,7 @@ class TitansConfig:
     window_size: int = 2048  # swa, mag, mal: sliding-window width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
-    attention_block_size: int = 512  # queries per attention block (memory ~ T * (block + window))
+    attention_block_size: int = 512  # max queries per block (memory ~ T * (block + window))
     # Neural memory.
     chunk_size: int = 16  # tokens per inner mini-batch; divides segment_len for MAC
     memory_depth: int = 2  # layers of the memory MLP (1 + no residual norm = linear memory)

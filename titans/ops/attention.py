@@ -96,18 +96,24 @@ def _widen(
 
     With q' = [q, q_p], key' = [k, 0] for ordinary keys and [0, k_p] for prefix keys, the scores
     are q.k and q_p.k_p in one call, so prefix keys carry no position while ordinary keys do.
+    With fewer prefix keys P than dims D_p, q_p is replaced by its scores ``q_p @ k_p^T`` and
+    the prefix keys by one-hot rows: the same scores for a widening of P dims instead of D_p.
     Values are zero-padded to the widened dim: SDPA's fused CPU kernel needs equal q and v dims
     (otherwise it falls back to the O(T * S)-memory math path).
 
-    Returns q' [B, H, T, D + D_p], ordinary keys' and values' [B, H, S, .] and prefix keys' and
-    values' [B, H, P, .]; the output of SDPA keeps the first D_v dims.
+    Returns q' [B, H, T, D + W], ordinary keys' and values' [B, H, S, .] and prefix keys' and
+    values' [B, H, P, .] (W = min(P, D_p)); SDPA's output keeps the first D_v dims.
     """
     q_p, k_p, v_p = prefix
-    b, h, d, d_p = *q.shape[:2], k.shape[-1], k_p.shape[-1]
-    v_pad = max(0, d + d_p - v.shape[-1])
+    b, h, d, n_p = *q.shape[:2], k.shape[-1], k_p.shape[2]
+    if n_p < k_p.shape[-1]:
+        q_p = q_p @ k_p.transpose(-1, -2)
+        k_p = torch.eye(n_p, dtype=k_p.dtype, device=k_p.device)[None, None]
+    width = d + k_p.shape[-1]
+    v_pad = max(0, width - v.shape[-1])
     return (
         torch.cat([q, q_p], -1),
-        F.pad(k, (0, d_p)),
+        F.pad(k, (0, width - d)),
         F.pad(v, (0, v_pad)),
         F.pad(k_p, (d, 0)).expand(b, h, -1, -1),
         F.pad(v_p, (0, v_pad)).expand(b, h, -1, -1),
@@ -128,6 +134,8 @@ def attention(
 ) -> Tensor:
     """Block-wise causal attention: O(T * (block_size + window)) memory with a window.
 
+    With a window, queries go in blocks of min(block_size, window).
+
     q: [B, H, T, D]; k: [B, H, S, D]; v: [B, H, S, D_v]
     q_index: [T], k_index: [S] integer sequence indices; with a window both must be sorted.
     prefix: (q_p [B, H, T, D_p], k_p [B or 1, H or 1, P, D_p], v_p [.., P, D_v]) or None.
@@ -143,9 +151,12 @@ def attention(
     if window is None or t_len == 0:
         spans = [(0, t_len, 0, k.shape[2])]
     else:
+        # A block's keys span block + window - 1 indices and each query sees window of them:
+        # blocks no longer than the window keep the masked-out share of the scores below half.
+        block = min(block_size, window)
         # Keys a block of queries can see form one contiguous range of the sorted k_index.
-        starts = list(range(0, t_len, block_size))
-        ends = [min(a + block_size, t_len) for a in starts]
+        starts = list(range(0, t_len, block))
+        ends = [min(a + block, t_len) for a in starts]
         edges = torch.cat([q_index[starts] - window, q_index[[e - 1 for e in ends]]])
         found = torch.searchsorted(k_index, edges, right=True).tolist()
         spans = list(zip(starts, ends, found[:len(starts)], found[len(starts):], strict=True))
