@@ -5,6 +5,7 @@ import torch
 
 from titans.layers.blocks import MACMixer, MAGMixer, MALMixer, OutputGate
 from titans.models import TitansConfig
+from titans.models.lm import _tensors
 
 
 def mac_config(**overrides):
@@ -89,6 +90,38 @@ def test_mag_and_mal_memories_start_after_reading_the_persistent_tokens(variant,
     together, _ = mixer.memory(torch.cat([p, x], 1))
     after_prefix, _ = mixer.memory(x, state.memory)
     torch.testing.assert_close(after_prefix, together[:, 5:], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("variant", "mixer_class"), [("mag", MAGMixer), ("mal", MALMixer)])
+def test_primed_memory_read_once_equals_reading_the_prefix_per_sequence(variant, mixer_class):
+    """The prefix is read once and its state broadcast over the batch: every tensor of the state
+    and the gradients of the persistent tokens and memory parameters equal those of reading the
+    prefix in every sequence (float64 model)."""
+    torch.manual_seed(4)
+    cfg = mac_config(variant=variant, num_persistent_tokens=6)
+    mixer = mixer_class(cfg).double()
+    batch = 3
+    primed = mixer.init_state(batch).memory
+    p = mixer.persistent[None].expand(batch, *mixer.persistent.shape)
+    _, per_sequence = mixer.memory(p, mixer.memory.init_state(batch))
+    got, want = list(_tensors(primed)), list(_tensors(per_sequence))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    params = [mixer.persistent, *mixer.memory.parameters()]
+    weights = [torch.randn(t.shape, dtype=t.dtype) for t in want]
+
+    def grads(tensors):
+        loss = sum((t * w).sum() for t, w in zip(tensors, weights, strict=True))
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    # The memory's gates are float32 even in a float64 model (NeuralMemory.gates), so gradients
+    # through them agree to float32 rounding (relative to their norm), the rest to float64's.
+    for a, b in zip(grads(got), grads(want), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert ((a - b).norm() / b.norm()).item() < 1e-6
 
 
 def test_output_gate_normalises_both_branches():

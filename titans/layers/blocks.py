@@ -18,8 +18,10 @@ state: a sequence gives the same outputs in one call or in any split.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +68,18 @@ class HybridState:
 
 
 LayerState = Union[MACState, HybridState, NeuralMemoryState, KVCache]  # noqa: UP007
+
+
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to every tensor inside a (nested) state of dataclasses, lists and tuples."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj)})
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(item, fn) for item in obj)
+    return obj
 
 
 def _positions(start: int, length: int, device: torch.device) -> Tensor:
@@ -145,12 +159,15 @@ class _PersistentMixin(nn.Module):
         self.persistent = nn.Parameter(torch.randn(cfg.num_persistent_tokens, cfg.hidden_size))
 
     def _primed_memory(self, batch_size: int) -> NeuralMemoryState:
-        """The memory after reading the persistent prefix: ``M([p || ...])`` starts here."""
-        state = self.memory.init_state(batch_size)
+        """The memory after reading the persistent prefix: ``M([p || ...])`` starts here.
+
+        Every sequence reads the same prefix from the same initial memory, so the prefix is read
+        once and the resulting state broadcast over the batch (as the initial weights are).
+        """
         if self.persistent.shape[0] == 0:
-            return state
-        prefix = self.persistent[None].expand(batch_size, *self.persistent.shape)
-        return self.memory(prefix, state)[1]
+            return self.memory.init_state(batch_size)
+        _, state = self.memory(self.persistent[None], self.memory.init_state(1))
+        return _map_tensors(state, lambda t: t.expand(batch_size, *t.shape[1:]))
 
 
 class MAGMixer(_PersistentMixin):
