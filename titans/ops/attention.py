@@ -79,10 +79,11 @@ def _causal_aligned(q_index: Tensor, k_index: Tensor, window: int | None) -> boo
     """True when the rule is SDPA's ``is_causal``: query t sees key s iff s <= t.
 
     That holds when queries and keys carry the same strictly increasing indices and the window,
-    if any, spans them all (e.g. one pass of full causal attention).
+    if any, spans them all (e.g. one pass of full causal attention). The check reads the indices
+    back, which torch.compile cannot trace (a graph break per call): compiled code keeps the mask.
     """
     n = q_index.shape[0]
-    if n == 0 or k_index.shape[0] != n:
+    if n == 0 or k_index.shape[0] != n or torch.compiler.is_compiling():
         return False
     if window is not None and int(q_index[-1] - q_index[0]) >= window:
         return False
