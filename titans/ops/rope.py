@@ -23,7 +23,8 @@ def rotary_embedding(x: Tensor, positions: Tensor, base: float = 10000.0) -> Ten
         raise ValueError(f"positions must be [T={x.shape[-2]}], got {tuple(positions.shape)}")
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float64) / d)
     angles = positions.to(device=x.device, dtype=torch.float64)[:, None] * inv_freq  # [T, D/2]
-    cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype)
-    sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], -1) * sin
+    # Each half on its own (the same products as x * [cos, cos] + [-x2, x1] * [sin, sin], with
+    # no full-width negated and concatenated copy of x).
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
