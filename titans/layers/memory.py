@@ -235,7 +235,10 @@ class NeuralMemory(nn.Module):
         if self.conv is not None:
             padded = torch.cat([conv_cache.to(qkv.dtype), qkv.transpose(1, 2)], dim=-1)
             new_cache = padded[..., padded.shape[-1] - (self.conv_kernel - 1):]
+            # Contiguous before the SiLU: its backward on a transposed input takes a strided
+            # loop ~8x slower than on the contiguous copy.
             qkv = F.conv1d(padded, self.conv.weight[:rows], groups=rows).transpose(1, 2)
+            qkv = qkv.contiguous()
         return F.silu(qkv).view(b, t_len, parts, self.num_heads, self.head_dim), new_cache
 
     def _qkv(
