@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from titans.checks import check_number
 from titans.layers.norm import RMSNorm
 from titans.ops import MemoryState, memory_chunked, memory_recurrent
-from titans.ops.memory_common import (
+from titans.ops.memory.common import (
     ACTIVATIONS,
     check_checkpoint_chunks,
     check_max_grad_norm,

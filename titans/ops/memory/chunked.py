@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from titans.ops.memory_common import (
+from titans.ops.memory.common import (
     InnerGradients,
     MemoryState,
     activation_backward,
