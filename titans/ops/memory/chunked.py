@@ -40,6 +40,7 @@ from titans.ops.memory.common import (
     inner_gradients_backward,
     layer_norm,
     layer_norm_backward,
+    without_autocast,
 )
 
 
@@ -76,18 +77,7 @@ def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:
     return x.transpose(0, 1).contiguous()
 
 
-def _without_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn(q, ...)`` with autocast off on q's device: the inner loop stays in >= float32."""
-
-    @functools.wraps(fn)
-    def wrapper(q: Tensor, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            return fn(q, *args, **kwargs)
-
-    return wrapper
-
-
-@_without_autocast
+@without_autocast
 def memory_chunked(
     q: Tensor,
     k: Tensor,

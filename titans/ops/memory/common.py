@@ -1,4 +1,5 @@
-"""Pieces shared by the neural-memory ops: the state, input checks, the MLP and its backward.
+"""Pieces shared by the neural-memory ops: the state, input checks, the dtype policy, the MLP,
+its read and its backward.
 
 The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one independent MLP per
 (batch, head). Its weights ``W_i`` and momentum ``S_i`` have shape ``[B, H, d_{i-1}, d_i]``:
@@ -7,10 +8,11 @@ The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one indepen
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,24 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def without_autocast(
+    fn: Callable[Concatenate[Tensor, _P], _R],
+) -> Callable[Concatenate[Tensor, _P], _R]:
+    """Run ``fn(q, ...)`` with autocast off on q's device: inside an autocast region too, the
+    memory math stays in :func:`compute_dtype`."""
+
+    @functools.wraps(fn)
+    def wrapper(q: Tensor, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
 def check_inputs(
     q: Tensor,
     k: Tensor,
@@ -114,30 +134,44 @@ def check_inputs(
     check_max_grad_norm(max_grad_norm)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    b, _, h, d_k = q.shape
+    check_memory(state, b, h, d_k, v.shape[-1], activation, residual_norm, norm_weight, norm_bias)
+
+
+def check_memory(
+    state: MemoryState,
+    batch: int,
+    heads: int,
+    d_k: int,
+    d_v: int,
+    activation: str,
+    residual_norm: bool,
+    norm_weight: Tensor | None,
+    norm_bias: Tensor | None,
+) -> None:
+    """Raise ``ValueError`` unless ``state`` is a memory for ``batch`` x ``heads`` that maps
+    ``d_k``-dim keys (and queries) to ``d_v``-dim values with this activation and norm."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    b, _, h, d_k = q.shape
     w_first, w_last = state.weights[0], state.weights[-1]
-    if w_first.shape[:2] != (b, h):
+    if w_first.shape[:2] != (batch, heads):
         raise ValueError(
-            f"state weights must be [B={b}, H={h}, ...], got {tuple(w_first.shape)}"
+            f"state weights must be [B={batch}, H={heads}, ...], got {tuple(w_first.shape)}"
         )
     if w_first.shape[-2] != d_k:
         raise ValueError(f"weights[0] must take the key dim {d_k}, got {w_first.shape[-2]}")
-    if w_last.shape[-1] != v.shape[-1]:
-        raise ValueError(
-            f"weights[-1] must produce the value dim {v.shape[-1]}, got {w_last.shape[-1]}"
-        )
-    if residual_norm and d_k != v.shape[-1]:
+    if w_last.shape[-1] != d_v:
+        raise ValueError(f"weights[-1] must produce the value dim {d_v}, got {w_last.shape[-1]}")
+    if residual_norm and d_k != d_v:
         raise ValueError("residual_norm needs equal key and value dims (M(x) = x + LN(mlp(x)))")
     for name, p in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         if p is None:
             continue
         if not residual_norm:
             raise ValueError(f"{name} is the LayerNorm's affine part: it needs residual_norm=True")
-        if not p.is_floating_point() or p.shape != (h, v.shape[-1]):
+        if not p.is_floating_point() or p.shape != (heads, d_v):
             raise ValueError(
-                f"{name} must be a floating-point [H, D_v] = {(h, v.shape[-1])} tensor, got "
+                f"{name} must be a floating-point [H, D_v] = {(heads, d_v)} tensor, got "
                 f"{p.dtype} {tuple(p.shape)}"
             )
 
@@ -219,6 +253,41 @@ def mlp_forward(
             h = h + norm_bias[:, None].to(h.dtype)
         h = x + h
     return h
+
+
+@without_autocast
+def read(
+    q: Tensor,
+    state: MemoryState,
+    *,
+    activation: str = "gelu",
+    residual_norm: bool = False,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+) -> Tensor:
+    """Read the memory at queries without writing to it: ``M(q; W)`` with its weights fixed.
+
+    Like the updates, the read runs in :func:`compute_dtype` with autocast off.
+
+    Args:
+        q: [B, H, T, D], queries per (batch, head).
+        state: the memory, weights [B, H, d_{i-1}, d_i] with d_0 = D (its momentum is not used).
+        activation, residual_norm, norm_weight, norm_bias: as in memory_naive (norm_weight,
+            norm_bias: [H, d_L]).
+
+    Returns:
+        [B, H, T, d_L] (d_L = D with the residual norm), in ``compute_dtype(q.dtype)``: the
+        caller rounds it when it needs q's precision.
+    """
+    if not q.is_floating_point() or q.dim() != 4:
+        raise ValueError(f"q must be a floating-point [B, H, T, D] tensor, got {q.dtype} "
+                         f"{tuple(q.shape)}")
+    b, h, _, d = q.shape
+    check_memory(state, b, h, d, state.weights[-1].shape[-1], activation, residual_norm,
+                 norm_weight, norm_bias)
+    dtype = compute_dtype(q.dtype)
+    weights = [w.to(dtype) for w in state.weights]
+    return mlp_forward(q.to(dtype), weights, activation, residual_norm, norm_weight, norm_bias)
 
 
 def layer_norm(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
