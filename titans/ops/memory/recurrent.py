@@ -16,6 +16,7 @@ from torch import Tensor
 
 from titans.ops.memory.common import (
     MemoryState,
+    Norm,
     check_inputs,
     compute_dtype,
     inner_gradients,
@@ -86,9 +87,8 @@ def memory_recurrent(
     norm = None
     if residual_norm:
         # The LayerNorm's affine part per head, [H, 1, D_v] (absent: weight 1, bias 0).
-        gamma, beta = (vh.new_full((), fill) if p is None else p[:, None].to(dtype)
-                       for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0)))
-        norm = (gamma, beta)
+        norm = Norm(*(vh.new_full((), fill) if p is None else p[:, None].to(dtype)
+                      for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0))))
     inner = inner_gradients(kh, vh, w0, activation, norm, max_grad_norm)
     # u_t of every token and layer at once: a_t^T delta_t, [B, H, n, d_{i-1}, d_i].
     grads = [a[..., :, None] * d[..., None, :]
