@@ -26,7 +26,7 @@ from titans.config_files import DataConfig
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.models.config import TitansConfig
 from titans.models.lm import TitansLM
-from titans.ops.memory_common import mlp_forward
+from titans.ops.memory.common import mlp_forward
 from titans.train import get_batch, lr_multiplier, param_groups
 
 

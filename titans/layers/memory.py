@@ -17,13 +17,14 @@ from torch import Tensor, nn
 
 from titans.checks import check_number
 from titans.layers.norm import RMSNorm
-from titans.ops import MemoryState, memory_chunked, memory_recurrent
-from titans.ops.memory_common import (
+from titans.ops.memory import (
     ACTIVATIONS,
+    MemoryState,
     check_checkpoint_chunks,
     check_max_grad_norm,
-    compute_dtype,
-    mlp_forward,
+    memory_chunked,
+    memory_recurrent,
+    read,
 )
 
 
@@ -270,11 +271,8 @@ class NeuralMemory(nn.Module):
                                      self.conv_kernel - 1)
         q, query_conv = self._project(x, query_conv, 1)
         q = F.normalize(q[:, :, 0], dim=-1).transpose(1, 2)  # [B, H, T, D]
-        weights = [w.to(compute_dtype(q.dtype)) for w in memory.weights]
-        # The memory's read stays in >= float32 under autocast, like its updates.
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            o = mlp_forward(q.to(weights[0].dtype), weights, self.activation, self.residual_norm,
-                            self.memory_norm_weight, self.memory_norm_bias)
+        o = read(q, memory, activation=self.activation, residual_norm=self.residual_norm,
+                 norm_weight=self.memory_norm_weight, norm_bias=self.memory_norm_bias)
         return self._output(o.transpose(1, 2), x), query_conv
 
     def gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titans.checks import check_number
-from titans.ops.memory_common import ACTIVATIONS
+from titans.ops.memory import ACTIVATIONS
 
 VARIANTS = ("mac", "mag", "mal", "lmm", "transformer", "swa")
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from titans.ops import MemoryState, memory_naive, memory_recurrent
-from titans.ops.memory_common import mlp_forward
+from titans.ops.memory.common import mlp_forward
 
-from .test_memory import B, D, H, make_inputs, make_norm, outputs_and_grads, rel_err, run
+from .test_chunked import B, D, H, make_inputs, make_norm, outputs_and_grads, rel_err, run
 
 N = 7  # tokens of the open chunk read by memory_recurrent
 CHUNK = 8  # memory_naive's chunk size: N tokens stay inside one chunk

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from titans.ops import MemoryState, memory_chunked, memory_naive
-from titans.ops.memory_chunked import segment_products
+from titans.ops.memory.chunked import segment_products
 
 B, H, D = 2, 3, 8
 

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from titans.ops.memory_common import (
+from titans.ops.memory.common import (
     InnerGradients,
+    LayerNormed,
     MemoryState,
+    Norm,
     activation_backward,
     activation_fn,
     check_checkpoint_chunks,
@@ -40,6 +42,7 @@ from titans.ops.memory_common import (
     inner_gradients_backward,
     layer_norm,
     layer_norm_backward,
+    without_autocast,
 )
 
 
@@ -76,18 +79,7 @@ def _to_chunks(x: Tensor, num_chunks: int, chunk_size: int) -> Tensor:
     return x.transpose(0, 1).contiguous()
 
 
-def _without_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn(q, ...)`` with autocast off on q's device: the inner loop stays in >= float32."""
-
-    @functools.wraps(fn)
-    def wrapper(q: Tensor, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            return fn(q, *args, **kwargs)
-
-    return wrapper
-
-
-@_without_autocast
+@without_autocast
 def memory_chunked(
     q: Tensor,
     k: Tensor,
@@ -162,22 +154,25 @@ def memory_chunked(
     # First layer scores q_t . k_r need no state, so they are computed for all chunks in one go.
     qk_theta = (qc @ kc.transpose(-1, -2)) * k_theta
 
-    chunks = _Chunk(qc, kc, vc, qk_theta, k_theta, row_coef, end_coef, mix)
+    chunks = _Chunk(q=qc, k=kc, v=vc, qk_theta=qk_theta, k_theta=k_theta, row_coef=row_coef,
+                    end_coef=end_coef, mix=mix)
     spec = _Spec(activation, residual_norm, max_grad_norm, compile_step)
-    # The residual norm's affine part per (batch, head) row: [BH, 1, D_v] each (none without it).
-    norm = ()
+    # The residual norm's affine part per (batch, head) row: [BH, 1, D_v] each.
+    norm = None
     if residual_norm:
-        norm = tuple(
+        norm = Norm(*(
             (p if p is not None else v.new_full((h, d_v), fill)).to(dtype)[None]
             .expand(b, h, d_v).reshape(b * h, 1, d_v)
             for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0))
-        )
+        ))
     wss = [torch.cat([w, s], dim=-2) for w, s in zip(ws, ss, strict=True)]
-    tensors = (*norm, *wss, *chunks)
+    inputs = _Inputs(wss, norm, chunks)
+    tensors = inputs.flat()
     if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         o, *wss = _ChunkedMemory.apply(spec, checkpoint_chunks, *tensors)
     else:
-        o, wss, _ = _run_chunks(wss, norm, chunks, spec)
+        run = _run_chunks(inputs, spec)
+        o, wss = run.out, run.end
     ws, ss = zip(*(m.chunk(2, dim=-2) for m in wss), strict=True)
 
     o = o.reshape(n_chunks, b, h, c, d_v).permute(1, 0, 3, 2, 4).reshape(b, n_chunks * c, h, d_v)
@@ -198,6 +193,26 @@ class _Chunk(NamedTuple):
     mix: Tensor  # [BH, 2, 2]: [[A, g], [0, E]], the boundary state's carry to the chunk end
 
 
+class _Inputs(NamedTuple):
+    """The tensors of one call. :class:`_ChunkedMemory` takes them, and returns their
+    gradients, as one flat tuple: :meth:`flat` and :meth:`from_flat` keep the order."""
+
+    state: list[Tensor]  # per layer, weights stacked over momentum [W; S]: [BH, 2 d_{i-1}, d_i]
+    norm: Norm | None  # the residual norm's affine part per (batch, head) row, [BH, 1, D_v] each
+    chunks: _Chunk  # with a leading chunk dim: [N, BH, ...]
+
+    def flat(self) -> tuple[Tensor, ...]:
+        return (*(self.norm or ()), *self.state, *self.chunks)
+
+    @classmethod
+    def from_flat(cls, tensors: tuple[Tensor, ...], residual_norm: bool) -> _Inputs:
+        n_norm = len(Norm._fields) if residual_norm else 0
+        depth = len(tensors) - n_norm - len(_Chunk._fields)
+        return cls(state=list(tensors[n_norm:n_norm + depth]),
+                   norm=Norm(*tensors[:n_norm]) if residual_norm else None,
+                   chunks=_Chunk(*tensors[n_norm + depth:]))
+
+
 class _Read(NamedTuple):
     """What the read's backward needs from its forward, [..., c, ...] each."""
 
@@ -205,28 +220,7 @@ class _Read(NamedTuple):
     products: list[Tensor]  # x_i a_i^T for layers i >= 1 ([..., c, c], before the gate mask)
     scores: list[Tensor]  # the read scores of every layer (qk_theta, then products * K_theta)
     read_pre: list[Tensor]  # Z_1, ..., Z_L: pre-activations of the read
-    out_norm: tuple[Tensor, ...] | None  # (LN(Z_L), mean, rstd)
-
-
-def _run_chunks(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunks: _Chunk, spec: _Spec,
-    keep: bool = False,
-) -> tuple[Tensor, list[Tensor], list[tuple[list[Tensor], _Cache]]]:
-    """Visit the chunks in order: outputs [N, BH, c, D_v], the state after them, and (with
-    ``keep``) every chunk's start state and cache for its backward.
-
-    wss: per layer, weights stacked over momentum, ``[W; S]``: [BH, 2 * d_{i-1}, d_i].
-    norm: (gamma, beta) of the residual norm, each [BH, 1, D_v], or () without it.
-    """
-    forward = _steps(spec.compile_step)[0]
-    outputs, kept = [], []
-    for chunk in zip(*(x.unbind(0) for x in chunks), strict=True):
-        o, new, cache = forward(wss, norm, _Chunk(*chunk), spec)
-        if keep:
-            kept.append((wss, cache))
-        outputs.append(o)
-        wss = new
-    return torch.stack(outputs), wss, kept
+    out_norm: LayerNormed | None  # LN(Z_L), with the residual norm
 
 
 class _Cache(NamedTuple):
@@ -236,10 +230,45 @@ class _Cache(NamedTuple):
     read: _Read
 
 
-def _chunk_forward(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, spec: _Spec
-) -> tuple[Tensor, list[Tensor], _Cache]:
-    """One chunk: its outputs [BH, c, D_v], the stacked state ``[W; S]`` at its end, the cache.
+class _Step(NamedTuple):
+    """One chunk's forward."""
+
+    out: Tensor  # [BH, c, D_v]
+    end: list[Tensor]  # the stacked state [W; S] at the chunk's end
+    cache: _Cache
+
+
+class _Kept(NamedTuple):
+    """A chunk's start state [W; S] and cache, kept for its backward."""
+
+    start: list[Tensor]
+    cache: _Cache
+
+
+class _Pass(NamedTuple):
+    """What :func:`_run_chunks` returns."""
+
+    out: Tensor  # [N, BH, c, D_v]
+    end: list[Tensor]  # the stacked state [W; S] after the last chunk
+    kept: list[_Kept]  # per chunk, when asked to keep them (else empty)
+
+
+def _run_chunks(inputs: _Inputs, spec: _Spec, keep: bool = False) -> _Pass:
+    """Visit the chunks in order from ``inputs.state``; with ``keep``, keep every chunk's start
+    state and cache for its backward."""
+    forward = _steps(spec.compile_step).forward
+    wss, outputs, kept = inputs.state, [], []
+    for chunk in zip(*(x.unbind(0) for x in inputs.chunks), strict=True):
+        step = forward(wss, inputs.norm, _Chunk(*chunk), spec)
+        if keep:
+            kept.append(_Kept(wss, step.cache))
+        outputs.append(step.out)
+        wss = step.end
+    return _Pass(torch.stack(outputs), wss, kept)
+
+
+def _chunk_forward(wss: list[Tensor], norm: Norm | None, chunk: _Chunk, spec: _Spec) -> _Step:
+    """One chunk from its stacked start state ``[W; S]``.
 
     The chunk's state is read while it is in cache: batching the reads of many chunks (which
     only need their start states) into larger matmuls was measured slower on CPU, as the
@@ -247,35 +276,51 @@ def _chunk_forward(
     """
     new, inner = _update(wss, norm, chunk, spec)
     out, read = _read(wss, norm, chunk, inner, spec)
-    return out, new, _Cache(inner, read)
+    return _Step(out, new, _Cache(inner, read))
+
+
+class _Grads(NamedTuple):
+    """The gradients of one chunk's inputs."""
+
+    start: list[Tensor]  # of its stacked start state [W; S]
+    chunk: _Chunk  # of its :class:`_Chunk` tensors
+    norm: Norm | None  # of the residual norm's affine part, [BH, 1, D_v] each (row sums)
 
 
 def _chunk_backward(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, cache: _Cache, g_out: Tensor,
+    wss: list[Tensor], norm: Norm | None, chunk: _Chunk, cache: _Cache, g_out: Tensor,
     g_new: list[Tensor], spec: _Spec,
-) -> tuple[list[Tensor], _Chunk, tuple[Tensor, ...]]:
+) -> _Grads:
     """The gradients of one chunk's inputs from those of its outputs, by explicit matmuls.
 
     wss: the chunk's start state; g_out: [BH, c, D_v]; g_new: the gradient of the end state.
-    Returns the gradient of the start state, of every :class:`_Chunk` tensor and of
-    (gamma, beta) (each [BH, 1, D_v], summed over the chunk's rows).
     """
-    g_read, g_scaled, g_inputs, g_norm, g_part = _read_backward(
-        wss, norm, chunk, cache.inner, cache.read, g_out, spec)
-    g_wss, g_k, g_v, g_end, g_mix, g_update = _update_backward(
-        wss, norm, chunk, cache.inner, g_new, g_scaled, g_inputs, spec)
-    g_chunk = g_part._replace(k=g_k, v=g_v, end_coef=g_end, mix=g_mix)
-    return ([a + b for a, b in zip(g_wss, g_read, strict=True)], g_chunk,
-            tuple(a + b for a, b in zip(g_norm, g_update, strict=True)))
+    read = _read_backward(wss, norm, chunk, cache.inner, cache.read, g_out, spec)
+    update = _update_backward(wss, norm, chunk, cache.inner, g_new, read.scaled, read.inputs,
+                              spec)
+    g_norm = None
+    if norm is not None:
+        g_norm = Norm(gamma=read.norm.gamma + update.norm.gamma,
+                      beta=read.norm.beta + update.norm.beta)
+    return _Grads(
+        start=[a + b for a, b in zip(update.start, read.start, strict=True)],
+        chunk=read.chunk._replace(k=update.k, v=update.v, end_coef=update.end_coef,
+                                  mix=update.mix),
+        norm=g_norm,
+    )
+
+
+def _weights(wss: list[Tensor]) -> list[Tensor]:
+    """The weights W of each layer's stacked state ``[W; S]``."""
+    return [m[:, : m.shape[1] // 2] for m in wss]
 
 
 def _update(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, spec: _Spec
+    wss: list[Tensor], norm: Norm | None, chunk: _Chunk, spec: _Spec
 ) -> tuple[list[Tensor], InnerGradients]:
     """One chunk's inner gradients at its start weights and the stacked state ``[W; S]`` at
     its end: ``W' = A W + g S, S' = E S`` (one 2x2 mixing matmul) minus the tokens' steps."""
-    ws = [m[:, : m.shape[1] // 2] for m in wss]
-    inner = inner_gradients(chunk.k, chunk.v, ws, spec.activation, norm or None,
+    inner = inner_gradients(chunk.k, chunk.v, _weights(wss), spec.activation, norm,
                             spec.max_grad_norm)
     new = []
     for m, a, delta in zip(wss, inner.inputs, inner.scaled, strict=True):
@@ -286,8 +331,7 @@ def _update(
 
 
 def _read(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
-    spec: _Spec,
+    wss: list[Tensor], norm: Norm | None, chunk: _Chunk, inner: InnerGradients, spec: _Spec,
 ) -> tuple[Tensor, _Read]:
     """Read M(q_t; W_t) with the per-token weights, layer by layer (dual form): [..., c, D_v].
 
@@ -310,35 +354,36 @@ def _read(
         x = act(z) if i < depth - 1 else z
     out_norm = None
     if spec.residual_norm:
-        gamma, beta = norm
-        y, mean, rstd = layer_norm(z)
-        out = chunk.q + y * gamma + beta
-        out_norm = (y, mean, rstd)
+        out_norm = layer_norm(z)
+        out = chunk.q + out_norm.y * norm.gamma + norm.beta
     else:
         out = z
     return out, _Read(reads, products, scores, read_pre, out_norm)
 
 
-def _read_backward(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
-    cache: _Read, g_out: Tensor, spec: _Spec,
-) -> tuple[list[Tensor], list[Tensor], list[Tensor], tuple[Tensor, ...], _Chunk]:
-    """The backward of :func:`_read`, last layer first.
+class _ReadGrads(NamedTuple):
+    """The gradients :func:`_read_backward` finds."""
 
-    Returns the gradients of the start states, of ``inner.scaled``, of ``inner.inputs`` of the
-    layers after the first (the read does not use k itself), of (gamma, beta) (summed over
-    rows) and of the chunk tensors it reads (None for k, v, end_coef and mix: it does not
-    use them).
-    """
+    start: list[Tensor]  # of the chunk's start state [W; S] (the read's share)
+    chunk: _Chunk  # of q, qk_theta, k_theta and row_coef; None for the tensors it does not read
+    norm: Norm | None  # of the residual norm's affine part (row sums)
+    scaled: list[Tensor]  # of inner.scaled
+    inputs: list[Tensor]  # of inner.inputs of the layers after the first (the read skips k)
+
+
+def _read_backward(
+    wss: list[Tensor], norm: Norm | None, chunk: _Chunk, inner: InnerGradients,
+    cache: _Read, g_out: Tensor, spec: _Spec,
+) -> _ReadGrads:
+    """The backward of :func:`_read`, last layer first."""
     name = spec.activation
     depth = len(wss)
-    g_norm: tuple[Tensor, ...] = ()
+    g_norm = None
     g_q = 0
     if spec.residual_norm:
-        gamma, _ = norm
-        y, mean, rstd = cache.out_norm
-        g_norm = ((g_out * y).sum(-2, keepdim=True), g_out.sum(-2, keepdim=True))
-        g_z = layer_norm_backward(g_out * gamma, cache.read_pre[-1], mean, rstd)
+        y, mean, rstd = cache.out_norm.y, cache.out_norm.mean, cache.out_norm.rstd
+        g_norm = Norm(gamma=(g_out * y).sum(-2, keepdim=True), beta=g_out.sum(-2, keepdim=True))
+        g_z = layer_norm_backward(g_out * norm.gamma, cache.read_pre[-1], mean, rstd)
         g_q = g_out
     else:
         g_z = g_out
@@ -360,21 +405,29 @@ def _read_backward(
             g_x = g_x + g_products @ inner.inputs[i]
             g_inputs[i - 1] = g_products.transpose(-1, -2) @ x
             g_z = activation_backward(name, g_x, cache.read_pre[i - 1])
-    g_chunk = _Chunk(g_q, None, None, g_qk_theta, g_k_theta, g_row, None, None)
-    return g_wss, g_scaled, g_inputs, g_norm, g_chunk
+    g_chunk = _Chunk(q=g_q, k=None, v=None, qk_theta=g_qk_theta, k_theta=g_k_theta,
+                     row_coef=g_row, end_coef=None, mix=None)
+    return _ReadGrads(g_wss, g_chunk, g_norm, g_scaled, g_inputs)
+
+
+class _UpdateGrads(NamedTuple):
+    """The gradients :func:`_update_backward` finds."""
+
+    start: list[Tensor]  # of the chunk's start state [W; S] (without the read's share)
+    k: Tensor
+    v: Tensor
+    end_coef: Tensor
+    mix: Tensor
+    norm: Norm | None  # of the residual norm's affine part (row sums)
 
 
 def _update_backward(
-    wss: list[Tensor], norm: tuple[Tensor, ...], chunk: _Chunk, inner: InnerGradients,
+    wss: list[Tensor], norm: Norm | None, chunk: _Chunk, inner: InnerGradients,
     g_new: list[Tensor], g_scaled: list[Tensor], g_inputs: list[Tensor], spec: _Spec,
-) -> tuple[list[Tensor], Tensor, Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+) -> _UpdateGrads:
     """The backward of :func:`_update` for one chunk, given the gradient of its end state and
     the read's gradients of its inner gradients (g_scaled; g_inputs of the layers after the
-    first).
-
-    Returns the gradients of the start state (without the read's share), of k, v, end_coef,
-    mix and (gamma, beta).
-    """
+    first)."""
     bh = g_new[0].shape[0]
     g_wss = [(chunk.mix.transpose(-1, -2) @ g.view(bh, 2, -1)).view_as(g) for g in g_new]
     g_mix = sum(g.view(bh, 2, -1) @ m.view(bh, 2, -1).transpose(-1, -2)
@@ -386,12 +439,12 @@ def _update_backward(
         g_coef, g_a = _scale_rows_backward(chunk.end_coef, a, -(d @ g.transpose(-1, -2)))
         g_end = g_end + g_coef
         g_inputs[i] = g_a + g_inputs[i]
-    ws = [m[:, : m.shape[1] // 2] for m in wss]
-    g_ws, g_k, g_v, g_norm = inner_gradients_backward(
-        ws, inner, g_scaled, g_inputs, spec.activation, norm or None, spec.max_grad_norm)
-    for g_m, g_w in zip(g_wss, g_ws, strict=True):
+    g_inner = inner_gradients_backward(_weights(wss), inner, g_scaled, g_inputs, spec.activation,
+                                       norm, spec.max_grad_norm)
+    for g_m, g_w in zip(g_wss, g_inner.weights, strict=True):
         g_m[:, : g_w.shape[1]] += g_w
-    return g_wss, g_k, g_v, g_end, g_mix, g_norm or ()
+    return _UpdateGrads(start=g_wss, k=g_inner.k, v=g_inner.v, end_coef=g_end, mix=g_mix,
+                        norm=g_inner.norm)
 
 
 def _scale_rows(coef: Tensor, x: Tensor) -> Tensor:
@@ -405,16 +458,23 @@ def _scale_rows_backward(coef: Tensor, x: Tensor, g: Tensor) -> tuple[Tensor, Te
     return (g * x[..., None, :]).sum(-1), (g * coef[..., None]).sum(-2)
 
 
+class _Steps(NamedTuple):
+    """A chunk's forward and backward, eager or compiled."""
+
+    forward: Callable[..., _Step]  # :func:`_chunk_forward`
+    backward: Callable[..., _Grads]  # :func:`_chunk_backward`
+
+
 @functools.cache
-def _steps(compile_step: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _steps(compile_step: bool) -> _Steps:
     """The chunk's forward and backward functions, eager or ``torch.compile``'d.
 
     Built once and shared: every chunk of every call reuses the same graphs (per shape/dtype).
     """
     if not compile_step:
-        return _chunk_forward, _chunk_backward
-    return (torch.compile(_chunk_forward, dynamic=False),
-            torch.compile(_chunk_backward, dynamic=False))
+        return _Steps(_chunk_forward, _chunk_backward)
+    return _Steps(torch.compile(_chunk_forward, dynamic=False),
+                  torch.compile(_chunk_backward, dynamic=False))
 
 
 class _ChunkedMemory(torch.autograd.Function):
@@ -429,19 +489,22 @@ class _ChunkedMemory(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec: _Spec, checkpoint_chunks: int | None, *tensors: Tensor):  # type: ignore[override]
-        """tensors: the residual norm's (gamma, beta) if spec says it has one, the stacked
-        state of every layer, then the eight :class:`_Chunk` tensors of all chunks."""
-        wss, norm, chunks = _split_inputs(tensors, spec)
+        """tensors: :meth:`_Inputs.flat`. Returns the outputs of all chunks and the stacked
+        end state of every layer."""
+        inputs = _Inputs.from_flat(tensors, spec.residual_norm)
         ctx.spec, ctx.group = spec, checkpoint_chunks
         ctx.save_for_backward(*tensors)
         if checkpoint_chunks is None:
-            o, new, ctx.kept = _run_chunks(wss, norm, chunks, spec, keep=True)
-            return (o, *new)
+            run = _run_chunks(inputs, spec, keep=True)
+            ctx.kept = run.kept
+            return (run.out, *run.end)
         outputs, ctx.starts = [], []
-        for group in zip(*(x.split(checkpoint_chunks) for x in chunks), strict=True):
+        wss = inputs.state
+        for group in zip(*(x.split(checkpoint_chunks) for x in inputs.chunks), strict=True):
             ctx.starts.append(wss)
-            o, wss, _ = _run_chunks(wss, norm, _Chunk(*group), spec)
-            outputs.append(o)
+            run = _run_chunks(inputs._replace(state=wss, chunks=_Chunk(*group)), spec)
+            outputs.append(run.out)
+            wss = run.end
         return (torch.cat(outputs), *wss)
 
     @staticmethod
@@ -449,12 +512,13 @@ class _ChunkedMemory(torch.autograd.Function):
         tensors, spec = ctx.saved_tensors, ctx.spec
         if torch.is_grad_enabled():
             return (None, None, *_autograd_backward(tensors, spec, g_out, g_state))
-        _, norm, chunks = _split_inputs(tensors, spec)
+        inputs = _Inputs.from_flat(tensors, spec.residual_norm)
+        norm, chunks = inputs.norm, inputs.chunks
         n_chunks = chunks.q.shape[0]
         group = ctx.group or n_chunks
-        backward = _steps(spec.compile_step)[1]
+        backward = _steps(spec.compile_step).backward
         g_chunks = _Chunk(*(torch.empty_like(x) for x in chunks))
-        g_norm = [torch.zeros_like(p) for p in norm]
+        g_norm = None if norm is None else Norm(*(torch.zeros_like(p) for p in norm))
         g_wss = list(g_state)
         # The backward must run in the forward's precision, whatever autocast region calls it.
         with torch.autocast(device_type=g_out.device.type, enabled=False):
@@ -464,17 +528,19 @@ class _ChunkedMemory(torch.autograd.Function):
                     kept = ctx.kept
                 else:
                     part = _Chunk(*(x[start:stop] for x in chunks))
-                    kept = _run_chunks(ctx.starts[start // group], norm, part, spec, keep=True)[2]
+                    starts = inputs._replace(state=ctx.starts[start // group], chunks=part)
+                    kept = _run_chunks(starts, spec, keep=True).kept
                 for n in range(stop - 1, start - 1, -1):
-                    start_state, cache = kept[n - start]
                     chunk = _Chunk(*(x[n] for x in chunks))
-                    g_wss, g_chunk, g_n = backward(start_state, norm, chunk, cache, g_out[n],
-                                                   g_wss, spec)
-                    for buf, g in zip(g_chunks, g_chunk, strict=True):
+                    saved = kept[n - start]
+                    grads = backward(saved.start, norm, chunk, saved.cache, g_out[n], g_wss, spec)
+                    g_wss = grads.start
+                    for buf, g in zip(g_chunks, grads.chunk, strict=True):
                         buf[n] = g
-                    for buf, g in zip(g_norm, g_n, strict=True):
-                        buf += g
-        return (None, None, *g_norm, *g_wss, *g_chunks)
+                    if g_norm is not None:
+                        for buf, g in zip(g_norm, grads.norm, strict=True):
+                            buf += g
+        return (None, None, *_Inputs(g_wss, g_norm, g_chunks).flat())
 
 
 def _autograd_backward(
@@ -484,20 +550,10 @@ def _autograd_backward(
     backward: the hand-derived backward is not itself differentiable)."""
     wanted = [t for t in tensors if t.requires_grad]
     with torch.autocast(device_type=g_out.device.type, enabled=False):
-        o, new, _ = _run_chunks(*_split_inputs(tensors, spec), spec)
-    grads = iter(torch.autograd.grad((o, *new), wanted, (g_out, *g_state), create_graph=True,
-                                     allow_unused=True))
+        run = _run_chunks(_Inputs.from_flat(tensors, spec.residual_norm), spec)
+    grads = iter(torch.autograd.grad((run.out, *run.end), wanted, (g_out, *g_state),
+                                     create_graph=True, allow_unused=True))
     return tuple(next(grads) if t.requires_grad else None for t in tensors)
-
-
-def _split_inputs(
-    tensors: tuple[Tensor, ...], spec: _Spec
-) -> tuple[list[Tensor], tuple[Tensor, ...], _Chunk]:
-    """The flat inputs of :class:`_ChunkedMemory` back as (state, norm, chunks)."""
-    n_norm = 2 if spec.residual_norm else 0
-    depth = len(tensors) - len(_Chunk._fields) - n_norm
-    return (list(tensors[n_norm:n_norm + depth]), tuple(tensors[:n_norm]),
-            _Chunk(*tensors[n_norm + depth:]))
 
 
 def _unflatten(ws: list[Tensor], ss: list[Tensor], b: int, h: int) -> MemoryState:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from titans.ops.memory_common import (
+from titans.ops.memory.common import (
     MemoryState,
+    Norm,
     check_inputs,
     compute_dtype,
     inner_gradients,
     mlp_forward,
+    without_autocast,
 )
 
 
+@without_autocast
 def memory_recurrent(
     q: Tensor,
     k: Tensor,
@@ -73,32 +76,29 @@ def memory_recurrent(
             f"current weights must match the boundary's {shapes}, got "
             f"{[tuple(w.shape) for w in current.weights]}"
         )
-    # The memory math stays in >= float32 even when called inside an autocast region.
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        dtype = compute_dtype(q.dtype)
-        w0 = [w.to(dtype) for w in boundary.weights]
-        ws = [w.to(dtype) for w in current.weights]
-        ss = [s.to(dtype) for s in current.momentum]
-        # Per (batch, head) rows, as the weights are: [B, H, n, D] and gates [B, H, n, 1, 1].
-        qh, kh, vh = (x.to(dtype).transpose(1, 2) for x in (q, k, v))
-        theta, eta, alpha = (g.to(dtype).transpose(1, 2)[..., None, None]
-                             for g in (lr, momentum, decay))
-        norm = None
-        if residual_norm:
-            # The LayerNorm's affine part per head, [H, 1, D_v] (absent: weight 1, bias 0).
-            gamma, beta = (vh.new_full((), fill) if p is None else p[:, None].to(dtype)
-                           for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0)))
-            norm = (gamma, beta)
-        inner = inner_gradients(kh, vh, w0, activation, norm, max_grad_norm)
-        # u_t of every token and layer at once: a_t^T delta_t, [B, H, n, d_{i-1}, d_i].
-        grads = [a[..., :, None] * d[..., None, :]
-                 for a, d in zip(inner.inputs, inner.scaled, strict=True)]
-        outputs = []
-        for t in range(qh.shape[2]):
-            ss = [eta[:, :, t] * s - theta[:, :, t] * u[:, :, t]
-                  for s, u in zip(ss, grads, strict=True)]
-            ws = [(1 - alpha[:, :, t]) * w + s for w, s in zip(ws, ss, strict=True)]
-            outputs.append(mlp_forward(qh[:, :, t:t + 1], ws, activation, residual_norm,
-                                       norm_weight, norm_bias))
-        o = torch.cat(outputs, dim=2) if outputs else vh.new_zeros(vh.shape)  # [B, H, n, D_v]
+    dtype = compute_dtype(q.dtype)
+    w0 = [w.to(dtype) for w in boundary.weights]
+    ws = [w.to(dtype) for w in current.weights]
+    ss = [s.to(dtype) for s in current.momentum]
+    # Per (batch, head) rows, as the weights are: [B, H, n, D] and gates [B, H, n, 1, 1].
+    qh, kh, vh = (x.to(dtype).transpose(1, 2) for x in (q, k, v))
+    theta, eta, alpha = (g.to(dtype).transpose(1, 2)[..., None, None]
+                         for g in (lr, momentum, decay))
+    norm = None
+    if residual_norm:
+        # The LayerNorm's affine part per head, [H, 1, D_v] (absent: weight 1, bias 0).
+        norm = Norm(*(vh.new_full((), fill) if p is None else p[:, None].to(dtype)
+                      for p, fill in ((norm_weight, 1.0), (norm_bias, 0.0))))
+    inner = inner_gradients(kh, vh, w0, activation, norm, max_grad_norm)
+    # u_t of every token and layer at once: a_t^T delta_t, [B, H, n, d_{i-1}, d_i].
+    grads = [a[..., :, None] * d[..., None, :]
+             for a, d in zip(inner.inputs, inner.scaled, strict=True)]
+    outputs = []
+    for t in range(qh.shape[2]):
+        ss = [eta[:, :, t] * s - theta[:, :, t] * u[:, :, t]
+              for s, u in zip(ss, grads, strict=True)]
+        ws = [(1 - alpha[:, :, t]) * w + s for w, s in zip(ws, ss, strict=True)]
+        outputs.append(mlp_forward(qh[:, :, t:t + 1], ws, activation, residual_norm,
+                                   norm_weight, norm_bias))
+    o = torch.cat(outputs, dim=2) if outputs else vh.new_zeros(vh.shape)  # [B, H, n, D_v]
     return o.transpose(1, 2).to(q.dtype), MemoryState(ws, ss)

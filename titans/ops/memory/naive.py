@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from titans.ops.memory_common import (
+from titans.ops.memory.common import (
     MemoryState,
     check_inputs,
     compute_dtype,

@@ -1,4 +1,5 @@
-"""Pieces shared by the neural-memory ops: the state, input checks, the MLP and its backward.
+"""Pieces shared by the neural-memory ops: the state, input checks, the dtype policy, the MLP,
+its read and its backward.
 
 The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one independent MLP per
 (batch, head). Its weights ``W_i`` and momentum ``S_i`` have shape ``[B, H, d_{i-1}, d_i]``:
@@ -7,10 +8,11 @@ The memory of Titans (paper eqs. 11-15) is an MLP with fast weights, one indepen
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +79,24 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def without_autocast(
+    fn: Callable[Concatenate[Tensor, _P], _R],
+) -> Callable[Concatenate[Tensor, _P], _R]:
+    """Run ``fn(q, ...)`` with autocast off on q's device: inside an autocast region too, the
+    memory math stays in :func:`compute_dtype`."""
+
+    @functools.wraps(fn)
+    def wrapper(q: Tensor, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper
+
+
 def check_inputs(
     q: Tensor,
     k: Tensor,
@@ -114,30 +134,44 @@ def check_inputs(
     check_max_grad_norm(max_grad_norm)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    b, _, h, d_k = q.shape
+    check_memory(state, b, h, d_k, v.shape[-1], activation, residual_norm, norm_weight, norm_bias)
+
+
+def check_memory(
+    state: MemoryState,
+    batch: int,
+    heads: int,
+    d_k: int,
+    d_v: int,
+    activation: str,
+    residual_norm: bool,
+    norm_weight: Tensor | None,
+    norm_bias: Tensor | None,
+) -> None:
+    """Raise ``ValueError`` unless ``state`` is a memory for ``batch`` x ``heads`` that maps
+    ``d_k``-dim keys (and queries) to ``d_v``-dim values with this activation and norm."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    b, _, h, d_k = q.shape
     w_first, w_last = state.weights[0], state.weights[-1]
-    if w_first.shape[:2] != (b, h):
+    if w_first.shape[:2] != (batch, heads):
         raise ValueError(
-            f"state weights must be [B={b}, H={h}, ...], got {tuple(w_first.shape)}"
+            f"state weights must be [B={batch}, H={heads}, ...], got {tuple(w_first.shape)}"
         )
     if w_first.shape[-2] != d_k:
         raise ValueError(f"weights[0] must take the key dim {d_k}, got {w_first.shape[-2]}")
-    if w_last.shape[-1] != v.shape[-1]:
-        raise ValueError(
-            f"weights[-1] must produce the value dim {v.shape[-1]}, got {w_last.shape[-1]}"
-        )
-    if residual_norm and d_k != v.shape[-1]:
+    if w_last.shape[-1] != d_v:
+        raise ValueError(f"weights[-1] must produce the value dim {d_v}, got {w_last.shape[-1]}")
+    if residual_norm and d_k != d_v:
         raise ValueError("residual_norm needs equal key and value dims (M(x) = x + LN(mlp(x)))")
     for name, p in (("norm_weight", norm_weight), ("norm_bias", norm_bias)):
         if p is None:
             continue
         if not residual_norm:
             raise ValueError(f"{name} is the LayerNorm's affine part: it needs residual_norm=True")
-        if not p.is_floating_point() or p.shape != (h, v.shape[-1]):
+        if not p.is_floating_point() or p.shape != (heads, d_v):
             raise ValueError(
-                f"{name} must be a floating-point [H, D_v] = {(h, v.shape[-1])} tensor, got "
+                f"{name} must be a floating-point [H, D_v] = {(heads, d_v)} tensor, got "
                 f"{p.dtype} {tuple(p.shape)}"
             )
 
@@ -221,8 +255,59 @@ def mlp_forward(
     return h
 
 
-def layer_norm(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """LayerNorm without affine part over the last dim: (normalised z, mean, rstd).
+@without_autocast
+def read(
+    q: Tensor,
+    state: MemoryState,
+    *,
+    activation: str = "gelu",
+    residual_norm: bool = False,
+    norm_weight: Tensor | None = None,
+    norm_bias: Tensor | None = None,
+) -> Tensor:
+    """Read the memory at queries without writing to it: ``M(q; W)`` with its weights fixed.
+
+    Like the updates, the read runs in :func:`compute_dtype` with autocast off.
+
+    Args:
+        q: [B, H, T, D], queries per (batch, head).
+        state: the memory, weights [B, H, d_{i-1}, d_i] with d_0 = D (its momentum is not used).
+        activation, residual_norm, norm_weight, norm_bias: as in memory_naive (norm_weight,
+            norm_bias: [H, d_L]).
+
+    Returns:
+        [B, H, T, d_L] (d_L = D with the residual norm), in ``compute_dtype(q.dtype)``: the
+        caller rounds it when it needs q's precision.
+    """
+    if not q.is_floating_point() or q.dim() != 4:
+        raise ValueError(f"q must be a floating-point [B, H, T, D] tensor, got {q.dtype} "
+                         f"{tuple(q.shape)}")
+    b, h, _, d = q.shape
+    check_memory(state, b, h, d, state.weights[-1].shape[-1], activation, residual_norm,
+                 norm_weight, norm_bias)
+    dtype = compute_dtype(q.dtype)
+    weights = [w.to(dtype) for w in state.weights]
+    return mlp_forward(q.to(dtype), weights, activation, residual_norm, norm_weight, norm_bias)
+
+
+class Norm(NamedTuple):
+    """The affine part of the residual norm ``M(x) = x + LN(mlp(x)) * gamma + beta`` (outer
+    parameters, not fast weights), each broadcastable to the memory's output [..., n, d_L]."""
+
+    gamma: Tensor
+    beta: Tensor
+
+
+class LayerNormed(NamedTuple):
+    """:func:`layer_norm` of z [..., n, d], and the statistics its backward needs."""
+
+    y: Tensor  # LN(z): [..., n, d]
+    mean: Tensor  # [..., n, 1]
+    rstd: Tensor  # 1 / sqrt(var + eps): [..., n, 1]
+
+
+def layer_norm(z: Tensor) -> LayerNormed:
+    """LayerNorm without affine part over the last dim.
 
     ATen's fused kernels when autograd is off (the chunked op's forward and hand-derived
     backward). With grad enabled the norm is composed of plain ops: autograd may then take
@@ -230,10 +315,12 @@ def layer_norm(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     the op), and the fused kernels' derivatives treat mean and rstd as constants there.
     """
     if not torch.is_grad_enabled():
-        return torch.ops.aten.native_layer_norm(z, z.shape[-1:], None, None, LAYER_NORM_EPS)
+        return LayerNormed(
+            *torch.ops.aten.native_layer_norm(z, z.shape[-1:], None, None, LAYER_NORM_EPS)
+        )
     mean = z.mean(-1, keepdim=True)
     rstd = ((z - mean).pow(2).mean(-1, keepdim=True) + LAYER_NORM_EPS).rsqrt()
-    return (z - mean) * rstd, mean, rstd
+    return LayerNormed((z - mean) * rstd, mean, rstd)
 
 
 def layer_norm_backward(g: Tensor, z: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
@@ -245,6 +332,14 @@ def layer_norm_backward(g: Tensor, z: Tensor, mean: Tensor, rstd: Tensor) -> Ten
         )[0]
     y = (z - mean) * rstd
     return rstd * (g - g.mean(-1, keepdim=True) - y * (g * y).mean(-1, keepdim=True))
+
+
+class Clip(NamedTuple):
+    """Each token's inner gradient u_r clipped to ``scale * u_r`` (all layers together), the
+    factors [..., n, 1] each."""
+
+    sq_norm: Tensor  # ||u_r||^2 before clipping
+    scale: Tensor  # min(1, max_grad_norm / ||u_r||)
 
 
 class InnerGradients(NamedTuple):
@@ -260,8 +355,9 @@ class InnerGradients(NamedTuple):
     backs: list[Tensor]  # delta_{i+1} W_{i+1}^T, the error reaching the layers before the last
     deltas: list[Tensor]  # the back-propagated errors before clipping
     scaled: list[Tensor]  # the errors after clipping (the deltas themselves without it)
-    clip: tuple[Tensor, Tensor] | None  # (||u_r||^2, clip scale) with max_grad_norm
-    key_norm: tuple[Tensor, ...] | None  # (LN(z_L), mean, rstd, M(k) - v) with the norm
+    clip: Clip | None  # with max_grad_norm
+    key_norm: LayerNormed | None  # LN(z_L) of the keys, with the residual norm
+    err: Tensor | None  # M(k) - v, with the residual norm (without it, deltas[-1])
 
 
 def inner_gradients(
@@ -269,7 +365,7 @@ def inner_gradients(
     v: Tensor,
     weights: list[Tensor],
     activation: str,
-    norm: tuple[Tensor, Tensor] | None,
+    norm: Norm | None,
     max_grad_norm: float | None,
 ) -> InnerGradients:
     """Every token's inner gradient at fixed weights, by hand: forward the keys, back-propagate.
@@ -278,8 +374,8 @@ def inner_gradients(
     together, has at most that norm. Plain tensor ops: differentiable by autograd.
 
     k: [..., n, d_0]; v: [..., n, d_L]; weights[i]: [..., d_{i-1}, d_i] (the same leading dims).
-    norm: (gamma, beta), the affine part of the residual norm ``M = k + LN(mlp(k)) * gamma +
-        beta``, each broadcastable to [..., n, d_L]; None for the plain MLP ``M = mlp(k)``.
+    norm: the residual norm's affine part, ``M = k + LN(mlp(k)) * gamma + beta``; None for the
+        plain MLP ``M = mlp(k)``.
     """
     act = activation_fn(activation)
     depth = len(weights)
@@ -290,16 +386,14 @@ def inner_gradients(
         z = x @ w
         pre.append(z)
         x = act(z) if i < depth - 1 else z
-    key_norm = None
+    key_norm = err = None
     if norm is None:
         deltas = [z - v]
     else:
         # The error at the MLP output for M = k + LN(z) gamma + beta: LN'(z)^T (err * gamma).
-        gamma, beta = norm
-        y, mean, rstd = layer_norm(z)
-        err = k + y * gamma + beta - v
-        deltas = [layer_norm_backward(err * gamma, z, mean, rstd)]
-        key_norm = (y, mean, rstd, err)
+        key_norm = layer_norm(z)
+        err = k + key_norm.y * norm.gamma + norm.beta - v
+        deltas = [layer_norm_backward(err * norm.gamma, z, key_norm.mean, key_norm.rstd)]
     backs = []
     for i in range(depth - 1, 0, -1):
         backs.insert(0, deltas[0] @ weights[i].transpose(-1, -2))
@@ -311,13 +405,22 @@ def inner_gradients(
         sq_norm = sum(row_sq(a) * row_sq(d) for a, d in zip(inputs, deltas, strict=True))
         scale = grad_clip_scale(sq_norm, max_grad_norm)
         scaled = [d * scale for d in deltas]
-        clip = (sq_norm, scale)
-    return InnerGradients(inputs, pre, backs, deltas, scaled, clip, key_norm)
+        clip = Clip(sq_norm, scale)
+    return InnerGradients(inputs, pre, backs, deltas, scaled, clip, key_norm, err)
 
 
 def row_sq(x: Tensor) -> Tensor:
     """||x_r||^2 per row: [..., n, d] -> [..., n, 1]."""
     return x.pow(2).sum(-1, keepdim=True)
+
+
+class InnerGradientsGrads(NamedTuple):
+    """The gradients of :func:`inner_gradients`' inputs."""
+
+    weights: list[Tensor]
+    k: Tensor
+    v: Tensor
+    norm: Norm | None  # summed over the rows, [..., 1, d_L] each; None without the norm
 
 
 def inner_gradients_backward(
@@ -326,15 +429,13 @@ def inner_gradients_backward(
     g_scaled: list[Tensor],
     g_inputs: list[Tensor],
     activation: str,
-    norm: tuple[Tensor, Tensor] | None,
+    norm: Norm | None,
     max_grad_norm: float | None,
-) -> tuple[list[Tensor], Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+) -> InnerGradientsGrads:
     """The backward of :func:`inner_gradients` by explicit matmuls (a second derivative of the
     inner loss: it needs ``act''`` and the derivative of the layer norm's backward).
 
     g_scaled, g_inputs: the gradients of ``inner.scaled`` and ``inner.inputs`` (same shapes).
-    Returns the gradients of the weights, of k and of v, and of (gamma, beta) summed over the
-    rows (``[..., 1, d_L]``; None without the norm).
     """
     depth = len(weights)
     g_inputs = list(g_inputs)
@@ -342,7 +443,7 @@ def inner_gradients_backward(
         g_deltas = list(g_scaled)
     else:
         # scaled = scale * delta, scale = m / sqrt(max(n, m^2)), n = sum ||a||^2 ||delta||^2
-        sq_norm, scale = inner.clip
+        sq_norm, scale = inner.clip.sq_norm, inner.clip.scale
         bound = max_grad_norm**2
         g_scale = sum(row_dot(g, d) for g, d in zip(g_scaled, inner.deltas, strict=True))
         g_sq = torch.where(sq_norm >= bound, -0.5 * g_scale * scale.pow(3) / bound, 0.0)
@@ -369,8 +470,8 @@ def inner_gradients_backward(
         # delta_L = LN'(z)^T h with h = err * gamma, err = k + LN(z) gamma + beta - v. Besides
         # through h, delta_L depends on z through LN' itself:
         # d delta_L = (dr / r) delta_L - r mean(h y) dy - r y mean(h dy), r = rstd, y = LN(z).
-        gamma, _ = norm
-        y, mean, rstd, err = inner.key_norm
+        gamma, err = norm.gamma, inner.err
+        y, mean, rstd = inner.key_norm.y, inner.key_norm.mean, inner.key_norm.rstd
         z, d = inner.pre[-1], y.shape[-1]
         g_h = layer_norm_backward(g_delta, z, mean, rstd)
         g_err = g_h * gamma
@@ -378,7 +479,8 @@ def inner_gradients_backward(
         g_pre.append(layer_norm_backward(g_err * gamma, z, mean, rstd) - rstd * h_y * g_h
                      - rstd / d * (row_dot(g_delta, inner.deltas[-1]) * y
                                    + row_dot(g_delta, y) * inner.deltas[-1]))
-        g_norm = ((g_h * err + g_err * y).sum(-2, keepdim=True), g_err.sum(-2, keepdim=True))
+        g_norm = Norm(gamma=(g_h * err + g_err * y).sum(-2, keepdim=True),
+                      beta=g_err.sum(-2, keepdim=True))
         g_k, g_v = g_err, -g_err
 
     # The keys' forward, last layer first.
@@ -388,7 +490,7 @@ def inner_gradients_backward(
         g_w = inner.inputs[i].transpose(-1, -2) @ g_pre[i]
         g_weights[i] = g_w if g_weights[i] is None else g_weights[i] + g_w
         g_inputs[i] = g_inputs[i] + g_pre[i] @ weights[i].transpose(-1, -2)
-    return g_weights, g_k + g_inputs[0], g_v, g_norm
+    return InnerGradientsGrads(g_weights, g_k + g_inputs[0], g_v, g_norm)
 
 
 def row_dot(x: Tensor, y: Tensor) -> Tensor:
