@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from titans import TitansConfig, TitansLM
-from titans.layers.blocks import HybridState, MACState
 from titans.layers.memory import NeuralMemoryState
+from titans.models.blocks import HybridState, MACState
 from titans.models.config import MEMORY_VARIANTS
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY
 from titans.ops import MemoryState

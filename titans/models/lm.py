@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans.layers.blocks import LayerState, TitansBlock
 from titans.layers.norm import RMSNorm
+from titans.models.blocks import LayerState, TitansBlock
 from titans.models.config import TitansConfig
 
 
