@@ -1,6 +1,7 @@
 """Configs, the Titans blocks and the causal language model of every Titans variant and
 baseline."""
 
+from titans.layers.tags import is_residual_projection, no_weight_decay
 from titans.models.blocks import (
     VARIANTS,
     HybridState,
@@ -21,6 +22,7 @@ from titans.models.sizing import count_parameters, match_parameters
 __all__ = [
     "ABLATIONS", "PRESETS", "VARIANTS", "HybridState", "LayerState", "MACState", "MemoryHealth",
     "OutputGate", "TitansBlock", "TitansConfig", "TitansLM", "TitansOutput", "TitansState",
-    "VariantSpec", "count_parameters", "match_parameters", "register_variant",
-    "sample_next_token", "unregister_variant", "variant_spec",
+    "VariantSpec", "count_parameters", "is_residual_projection", "match_parameters",
+    "no_weight_decay", "register_variant", "sample_next_token", "unregister_variant",
+    "variant_spec",
 ]

@@ -36,6 +36,7 @@ from titans.layers.attention import Attention, KVCache
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.layers.mlp import SwiGLU
 from titans.layers.norm import RMSNorm
+from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
 from titans.ops import MemoryState
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def _positions(start: int, length: int, device: torch.device) -> Tensor:
 
 
 def _memory(cfg: TitansConfig) -> NeuralMemory:
-    return NeuralMemory(
+    memory = NeuralMemory(
         cfg.hidden_size, cfg.memory_num_heads, cfg.memory_head_dim,
         memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
         chunk_size=cfg.chunk_size, activation=cfg.memory_activation,
@@ -168,6 +169,13 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
         checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
     )
+    # The initial weights are the inner learner's starting state (its forget gate governs how
+    # they shrink), and the residual LayerNorm's per-head weight and bias are norm parameters
+    # stored as [H, D] matrices: none of them decays.
+    norm = [p for p in (memory.memory_norm_weight, memory.memory_norm_bias) if p is not None]
+    mark_no_weight_decay(*memory.memory_init, *norm)
+    mark_residual_projection(memory.o_proj)
+    return memory
 
 
 def _attention(cfg: TitansConfig) -> Attention:
@@ -232,6 +240,7 @@ class _PersistentMixin(nn.Module):
     def _init_persistent(self, cfg: TitansConfig) -> None:
         # Tokens live in the normalised input space of the mixer, where tokens have unit RMS.
         self.persistent = nn.Parameter(torch.randn(cfg.num_persistent_tokens, cfg.hidden_size))
+        mark_no_weight_decay(self.persistent)  # learned input tokens, like embeddings
 
     def _primed_memory(self, batch_size: int) -> NeuralMemoryState:
         """The memory after reading the persistent prefix: ``M([p || ...])`` starts here.
