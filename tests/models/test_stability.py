@@ -14,14 +14,16 @@ import pytest
 import torch
 
 from titans import TitansConfig, TitansLM
-from titans.layers.blocks import HybridState, MACState
 from titans.layers.memory import NeuralMemoryState
-from titans.models.config import MEMORY_VARIANTS
+from titans.models import VARIANTS
+from titans.models.blocks import HybridState, MACState
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY
 from titans.ops import MemoryState
 from titans.train import TrainConfig, read_metrics, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+MEMORY_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.has_memory)
 
 
 def memory_states(state: object) -> list[MemoryState]:

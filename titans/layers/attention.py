@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from titans.layers.tags import mark_residual_projection
 from titans.ops.attention import attention
 from titans.ops.rope import rotary_embedding
 
@@ -59,6 +60,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, inner, bias=False)
         self.v_proj = nn.Linear(hidden_size, inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+        mark_residual_projection(self.o_proj)
 
     def empty_cache(self, batch_size: int, like: Tensor) -> KVCache:
         kv = like.new_zeros(batch_size, self.num_heads, 0, self.head_dim)

@@ -7,11 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titans.checks import check_number
+from titans.models.blocks import VARIANTS, variant_spec
 from titans.ops.memory import ACTIVATIONS
-
-VARIANTS = ("mac", "mag", "mal", "lmm", "transformer", "swa")
-MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
-PERSISTENT_VARIANTS = ("mac", "mag", "mal")
 
 # The ablations of the paper's Table 5, as config overrides.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -50,7 +47,7 @@ class TitansConfig:
     ``num_persistent_tokens=0`` (see ``ABLATIONS``).
     """
 
-    variant: str = "mac"  # "mac" | "mag" | "mal" | "lmm" | "transformer" | "swa"
+    variant: str = "mac"  # a registered variant (VARIANTS): mac, mag, mal, lmm, transformer, swa
     vocab_size: int = 32000
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -59,7 +56,7 @@ class TitansConfig:
     intermediate_size: int | None = None  # SwiGLU width; None: 8/3 * hidden, multiple of 64
     # Attention.
     segment_len: int = 512  # MAC: tokens per segment (its attention window)
-    window_size: int = 2048  # swa, mag, mal: sliding-window width (tokens seen incl. itself)
+    window_size: int = 2048  # sliding-window variants: width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
     attention_block_size: int = 512  # max queries per block (memory ~ T * (block + window))
@@ -89,8 +86,7 @@ class TitansConfig:
 
     def __post_init__(self) -> None:
         self._derived = frozenset(name for name in _DERIVED if getattr(self, name) is None)
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        spec = variant_spec(self.variant)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
                      "segment_len", "window_size", "attention_block_size", "chunk_size",
                      "memory_depth", "memory_expansion"):
@@ -132,22 +128,23 @@ class TitansConfig:
         if self.memory_head_dim is None:
             self.memory_head_dim = self.head_dim
         if self.num_persistent_tokens is None:
-            self.num_persistent_tokens = 16 if self.variant in PERSISTENT_VARIANTS else 0
+            self.num_persistent_tokens = 16 if spec.persistent_tokens else 0
         _check_int("num_persistent_tokens", self.num_persistent_tokens, 0)
-        if self.num_persistent_tokens and self.variant not in PERSISTENT_VARIANTS:
+        if self.num_persistent_tokens and not spec.persistent_tokens:
+            owners = tuple(name for name, s in VARIANTS.items() if s.persistent_tokens)
             raise ValueError(
                 f"variant {self.variant!r} has no persistent memory; num_persistent_tokens must "
-                f"be 0 (persistent tokens belong to {PERSISTENT_VARIANTS})"
+                f"be 0 (persistent tokens belong to {owners})"
             )
-        if self.variant == "mac" and self.segment_len % self.chunk_size:
+        if spec.segmented and self.segment_len % self.chunk_size:
             raise ValueError(
-                f"MAC needs chunk_size ({self.chunk_size}) to divide segment_len "
-                f"({self.segment_len}): each segment writes whole memory chunks"
+                f"{self.variant.upper()} needs chunk_size ({self.chunk_size}) to divide "
+                f"segment_len ({self.segment_len}): each segment writes whole memory chunks"
             )
 
     @property
     def has_memory(self) -> bool:
-        return self.variant in MEMORY_VARIANTS
+        return variant_spec(self.variant).has_memory
 
     def replace(self, **changes: Any) -> TitansConfig:
         """A copy with ``changes``; fields that were derived are derived again (so changing
@@ -177,7 +174,7 @@ class TitansConfig:
             raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
         fields, persistent = PRESETS[name]
         values: dict[str, Any] = {**fields, "variant": variant}
-        if variant in PERSISTENT_VARIANTS:
+        if variant_spec(variant).persistent_tokens:
             values["num_persistent_tokens"] = persistent
         return cls.from_dict({**values, **overrides})
 

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans.layers.blocks import LayerState, TitansBlock
 from titans.layers.norm import RMSNorm
+from titans.layers.tags import is_residual_projection, mark_no_weight_decay
+from titans.models.blocks import LayerState, TitansBlock
 from titans.models.config import TitansConfig
 
 
@@ -72,6 +73,7 @@ class TitansLM(nn.Module):
             raise ValueError(f"config must be a TitansConfig, got {type(config).__name__}")
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        mark_no_weight_decay(self.embed_tokens.weight)  # also the LM head when tied
         self.layers = nn.ModuleList(TitansBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -81,15 +83,15 @@ class TitansLM(nn.Module):
 
     def _init_weights(self) -> None:
         """GPT-2-style: N(0, 0.02) for linear and embedding weights, projections that write
-        into the residual stream scaled by 1/sqrt(2 * layers). Biases, memory initial weights,
-        convs and persistent tokens keep their own initialisation."""
+        into the residual stream (tagged by their layers, see ``titans.layers.tags``) scaled by
+        1/sqrt(2 * layers). Biases, memory initial weights, convs and persistent tokens keep
+        their own initialisation."""
         std = self.config.initializer_range
+        residual_scale = 1 / math.sqrt(2 * self.config.num_hidden_layers)
         nn.init.normal_(self.embed_tokens.weight, std=std)
-        for name, module in self.named_modules():
+        for module in self.modules():
             if isinstance(module, nn.Linear):
-                residual = name.endswith(("mixer.attn.o_proj", "mixer.memory.o_proj",
-                                          "mlp.down_proj"))
-                scale = 1 / math.sqrt(2 * self.config.num_hidden_layers) if residual else 1.0
+                scale = residual_scale if is_residual_projection(module) else 1.0
                 nn.init.normal_(module.weight, std=std * scale)
 
     def init_state(self, batch_size: int) -> TitansState:

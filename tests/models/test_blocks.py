@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from titans.layers.blocks import MACMixer, MAGMixer, MALMixer, OutputGate
 from titans.models import TitansConfig
+from titans.models.blocks import MACMixer, MAGMixer, MALMixer, OutputGate
 from titans.models.lm import _tensors
 
 

@@ -14,14 +14,20 @@ the token mixer:
 
 Mixers take the stream position of their first token and an explicit state, and return the new
 state: a sequence gives the same outputs in one call or in any split.
+
+Each variant is declared once, as a :class:`VariantSpec` registered with
+:func:`register_variant`: its mixer and the traits the rest of the package asks about (config
+validation, default persistent tokens, the attention window, evaluation limits). A new variant is
+a mixer and one ``register_variant`` call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +36,7 @@ from titans.layers.attention import Attention, KVCache
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.layers.mlp import SwiGLU
 from titans.layers.norm import RMSNorm
+from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
 from titans.ops import MemoryState
 
 if TYPE_CHECKING:
@@ -67,7 +74,72 @@ class HybridState:
         return HybridState(self.memory.detach(), self.kv.detach())
 
 
-LayerState = Union[MACState, HybridState, NeuralMemoryState, KVCache]  # noqa: UP007
+class LayerState(Protocol):
+    """What a block carries between calls: whatever its mixer's ``init_state`` returns (a
+    dataclass of tensors, so ``TitansState.num_bytes`` can find them), able to cut its autograd
+    graph for truncated back-propagation through time."""
+
+    def detach(self) -> LayerState: ...
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A variant of the model: its token mixer and its traits, declared once.
+
+    name: the value of ``TitansConfig.variant``.
+    mixer: builds the token mixer of one block from the config: a module with
+        ``init_state(batch_size) -> state`` and ``forward(x, start, state) -> (out, state)``,
+        x and out [B, T, hidden], start the stream position of x[:, 0], the state a
+        :class:`LayerState`.
+    description: a few words for help texts.
+    has_memory: the mixer holds a neural memory (``TitansConfig.has_memory``).
+    persistent_tokens: the mixer takes learned persistent tokens (``num_persistent_tokens``
+        defaults to 16); other variants must have none.
+    sliding_window: the attention sees the ``window_size`` most recent tokens; otherwise all the
+        tokens it is given (MAC's attention sees its segment).
+    segmented: the mixer works in segments of ``segment_len`` tokens, each writing whole memory
+        chunks (``chunk_size`` must divide ``segment_len``).
+    state_grows: the state grows with the stream (full attention's KV cache); every other
+        variant's state is bounded.
+    """
+
+    name: str
+    mixer: Callable[[TitansConfig], nn.Module]
+    description: str
+    has_memory: bool = False
+    persistent_tokens: bool = False
+    sliding_window: bool = False
+    segmented: bool = False
+    state_grows: bool = False
+
+
+_REGISTRY: dict[str, VariantSpec] = {}
+# The registered variants by name, in registration order (a read-only view that follows
+# register_variant and unregister_variant).
+VARIANTS: Mapping[str, VariantSpec] = MappingProxyType(_REGISTRY)
+
+
+def register_variant(spec: VariantSpec) -> VariantSpec:
+    """Make ``spec.name`` a valid ``TitansConfig.variant``; a name already taken raises."""
+    if not isinstance(spec.name, str) or not spec.name:
+        raise ValueError(f"a variant's name must be a non-empty str, got {spec.name!r}")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"variant {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_variant(name: str) -> None:
+    """Remove a registered variant (e.g. one a test added); an unknown name raises."""
+    variant_spec(name)
+    del _REGISTRY[name]
+
+
+def variant_spec(name: str) -> VariantSpec:
+    """The spec of the registered variant ``name``; any other value raises ``ValueError``."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"variant must be one of {tuple(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
 
 
 def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -87,7 +159,7 @@ def _positions(start: int, length: int, device: torch.device) -> Tensor:
 
 
 def _memory(cfg: TitansConfig) -> NeuralMemory:
-    return NeuralMemory(
+    memory = NeuralMemory(
         cfg.hidden_size, cfg.memory_num_heads, cfg.memory_head_dim,
         memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
         chunk_size=cfg.chunk_size, activation=cfg.memory_activation,
@@ -97,9 +169,19 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
         checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
     )
+    # The initial weights are the inner learner's starting state (its forget gate governs how
+    # they shrink), and the residual LayerNorm's per-head weight and bias are norm parameters
+    # stored as [H, D] matrices: none of them decays.
+    norm = [p for p in (memory.memory_norm_weight, memory.memory_norm_bias) if p is not None]
+    mark_no_weight_decay(*memory.memory_init, *norm)
+    mark_residual_projection(memory.o_proj)
+    return memory
 
 
-def _attention(cfg: TitansConfig, window: int | None) -> Attention:
+def _attention(cfg: TitansConfig) -> Attention:
+    """The variant's attention: over the last ``window_size`` tokens if it has a sliding window,
+    else over every token it is given."""
+    window = cfg.window_size if variant_spec(cfg.variant).sliding_window else None
     return Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim, window=window,
                      rope_theta=cfg.rope_theta, block_size=cfg.attention_block_size)
 
@@ -118,11 +200,12 @@ class OutputGate(nn.Module):
 
 
 class AttentionMixer(nn.Module):
-    """Transformer++ (full causal) or SWA baseline; the state is the KV cache."""
+    """Transformer++ (full causal) or SWA baseline (the variant's ``sliding_window``); the
+    state is the KV cache."""
 
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
-        self.attn = _attention(cfg, cfg.window_size if cfg.variant == "swa" else None)
+        self.attn = _attention(cfg)
 
     def init_state(self, batch_size: int) -> KVCache:
         return self.attn.empty_cache(batch_size, self.attn.q_proj.weight)
@@ -157,6 +240,7 @@ class _PersistentMixin(nn.Module):
     def _init_persistent(self, cfg: TitansConfig) -> None:
         # Tokens live in the normalised input space of the mixer, where tokens have unit RMS.
         self.persistent = nn.Parameter(torch.randn(cfg.num_persistent_tokens, cfg.hidden_size))
+        mark_no_weight_decay(self.persistent)  # learned input tokens, like embeddings
 
     def _primed_memory(self, batch_size: int) -> NeuralMemoryState:
         """The memory after reading the persistent prefix: ``M([p || ...])`` starts here.
@@ -176,7 +260,7 @@ class MAGMixer(_PersistentMixin):
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
         self._init_persistent(cfg)
-        self.attn = _attention(cfg, cfg.window_size)
+        self.attn = _attention(cfg)
         self.memory = _memory(cfg)
         self.gate = OutputGate(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -201,7 +285,7 @@ class MALMixer(_PersistentMixin):
         super().__init__()
         self._init_persistent(cfg)
         self.memory = _memory(cfg)
-        self.attn = _attention(cfg, cfg.window_size)
+        self.attn = _attention(cfg)
 
     def init_state(self, batch_size: int) -> HybridState:
         return HybridState(
@@ -230,7 +314,7 @@ class MACMixer(_PersistentMixin):
         super().__init__()
         self.segment_len = cfg.segment_len
         self._init_persistent(cfg)
-        self.attn = _attention(cfg, None)
+        self.attn = _attention(cfg)
         self.memory = _memory(cfg)
         self.gate = OutputGate(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -267,10 +351,17 @@ class MACMixer(_PersistentMixin):
         return out, state
 
 
-MIXERS: dict[str, type[nn.Module]] = {
-    "mac": MACMixer, "mag": MAGMixer, "mal": MALMixer, "lmm": MemoryMixer,
-    "transformer": AttentionMixer, "swa": AttentionMixer,
-}
+register_variant(VariantSpec("mac", MACMixer, "memory as context", has_memory=True,
+                             persistent_tokens=True, segmented=True))
+register_variant(VariantSpec("mag", MAGMixer, "memory as gate", has_memory=True,
+                             persistent_tokens=True, sliding_window=True))
+register_variant(VariantSpec("mal", MALMixer, "memory as layer", has_memory=True,
+                             persistent_tokens=True, sliding_window=True))
+register_variant(VariantSpec("lmm", MemoryMixer, "the neural memory alone", has_memory=True))
+register_variant(VariantSpec("transformer", AttentionMixer,
+                             "Transformer++, full causal attention", state_grows=True))
+register_variant(VariantSpec("swa", AttentionMixer, "sliding-window attention",
+                             sliding_window=True))
 
 
 class TitansBlock(nn.Module):
@@ -279,7 +370,7 @@ class TitansBlock(nn.Module):
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
         self.mixer_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.mixer = MIXERS[cfg.variant](cfg)
+        self.mixer = variant_spec(cfg.variant).mixer(cfg)
         self.mlp_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 

@@ -1,0 +1,161 @@
+"""The variant registry: the built-in variants' traits, and a new variant added by this module
+alone (a causal cumulative mean as the token mixer) that gets a config, a model, training and
+exact streaming without any change to the package."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from titans import TitansConfig, TitansLM
+from titans.models import VARIANTS, VariantSpec, register_variant, unregister_variant
+
+BUILTIN_TRAITS = {  # name: (has_memory, persistent_tokens, sliding_window, segmented, state_grows)
+    "mac": (True, True, False, True, False),
+    "mag": (True, True, True, False, False),
+    "mal": (True, True, True, False, False),
+    "lmm": (True, False, False, False, False),
+    "transformer": (False, False, False, False, True),
+    "swa": (False, False, True, False, False),
+}
+
+
+@dataclass
+class MeanState:
+    """total: [B, hidden], the sum of every mixer input so far."""
+
+    total: Tensor
+
+    def detach(self) -> MeanState:
+        return MeanState(self.total.detach())
+
+
+class CumulativeMeanMixer(nn.Module):
+    """y_t = W (x_1 + ... + x_t) / t: causal, with the running sum as its state."""
+
+    def __init__(self, cfg: TitansConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+
+    def init_state(self, batch_size: int) -> MeanState:
+        return MeanState(self.proj.weight.new_zeros(batch_size, self.proj.in_features))
+
+    def forward(self, x: Tensor, start: int, state: MeanState) -> tuple[Tensor, MeanState]:
+        """x: [B, T, hidden] at stream positions start .. start + T - 1 -> [B, T, hidden]."""
+        sums = state.total[:, None] + x.cumsum(1)
+        counts = torch.arange(start + 1, start + x.shape[1] + 1, dtype=x.dtype, device=x.device)
+        return self.proj(sums / counts[:, None]), MeanState(state.total + x.sum(1))
+
+
+@pytest.fixture
+def toy() -> Iterator[VariantSpec]:
+    """The "toy" variant, registered for one test and removed after it."""
+    spec = register_variant(VariantSpec("toy", CumulativeMeanMixer, "causal cumulative mean"))
+    yield spec
+    unregister_variant("toy")
+
+
+def toy_model(dtype: torch.dtype = torch.float64) -> TitansLM:
+    torch.manual_seed(0)
+    cfg = TitansConfig(variant="toy", vocab_size=29, hidden_size=16, num_hidden_layers=2,
+                       num_heads=2)
+    return TitansLM(cfg).to(dtype)
+
+
+def rel_err(a: Tensor, b: Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_builtin_variants_and_their_traits():
+    """VARIANTS iterates over the names in their order; every spec carries its traits."""
+    assert list(VARIANTS) == list(BUILTIN_TRAITS)
+    for name, traits in BUILTIN_TRAITS.items():
+        spec = VARIANTS[name]
+        assert spec.name == name
+        assert (spec.has_memory, spec.persistent_tokens, spec.sliding_window, spec.segmented,
+                spec.state_grows) == traits
+    assert VARIANTS["transformer"].mixer is VARIANTS["swa"].mixer  # one mixer, two windows
+
+
+def test_registry_errors_and_read_only_view(toy):
+    with pytest.raises(ValueError, match="already registered"):
+        register_variant(VariantSpec("toy", CumulativeMeanMixer, "again"))
+    with pytest.raises(ValueError, match="non-empty str"):
+        register_variant(VariantSpec("", CumulativeMeanMixer, "nameless"))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        unregister_variant("nope")
+    with pytest.raises(TypeError):
+        VARIANTS["other"] = toy  # type: ignore[index]
+    assert list(VARIANTS)[-1] == "toy"
+
+
+def test_unregistered_variant_is_no_longer_valid():
+    register_variant(VariantSpec("gone", CumulativeMeanMixer, "removed below"))
+    try:
+        assert TitansConfig(variant="gone").variant == "gone"
+    finally:
+        unregister_variant("gone")
+    assert "gone" not in VARIANTS
+    with pytest.raises(ValueError, match="variant must be one of"):
+        TitansConfig(variant="gone")
+
+
+def test_toy_variant_configures_trains_and_keeps_a_bounded_state(toy):
+    """Config defaults follow the spec; forward + backward reach every parameter; the state is
+    the mixer's and does not grow."""
+    cfg = TitansConfig.from_preset("tiny", "toy")
+    assert not cfg.has_memory and cfg.num_persistent_tokens == 0
+    with pytest.raises(ValueError, match="num_persistent_tokens"):
+        cfg.replace(num_persistent_tokens=2)
+    model = toy_model(torch.float32)
+    ids = torch.randint(0, 29, (2, 24), generator=torch.Generator().manual_seed(1))
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert all(isinstance(s, MeanState) for s in out.state.layers)
+    with torch.no_grad():
+        later = model(ids, out.state.detach()).state
+    assert later.num_bytes() == out.state.num_bytes()
+
+
+def test_toy_variant_one_pass_equals_pieces_and_token_by_token_decode(toy):
+    """Logits of one pass == random pieces with carried state == prefill + one token at a time."""
+    model = toy_model()
+    ids = torch.randint(0, 29, (2, 31), generator=torch.Generator().manual_seed(2))
+    full = model(ids)
+    rng = random.Random(0)
+    for _ in range(2):
+        cuts = sorted(rng.sample(range(1, 31), 4))
+        state, logits = None, []
+        for a, b in zip([0, *cuts], [*cuts, 31], strict=True):
+            out = model(ids[:, a:b], state)
+            state = out.state
+            logits.append(out.logits)
+        assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
+    out = model(ids[:, :10])
+    logits = [out.logits]
+    for t in range(10, 31):
+        out = model(ids[:, t:t + 1], out.state)
+        logits.append(out.logits)
+    assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
+    nxt = torch.randint(0, 29, (2, 5))  # the final states agree too
+    assert rel_err(model(nxt, out.state).logits, model(nxt, full.state).logits) < 1e-10
+
+
+def test_toy_variant_is_causal(toy):
+    """Changing token j changes no logit before j, and does change later ones."""
+    model = toy_model()
+    ids = torch.randint(0, 29, (1, 20), generator=torch.Generator().manual_seed(3))
+    base = model(ids).logits
+    for j in (0, 7, 19):
+        changed = ids.clone()
+        changed[0, j] = (changed[0, j] + 1) % 29
+        logits = model(changed).logits
+        torch.testing.assert_close(logits[:, :j], base[:, :j], rtol=0, atol=1e-12)
+        assert (logits[:, j:] - base[:, j:]).abs().max() > 1e-6
