@@ -2,7 +2,7 @@
 they put on their parameters for the training policy."""
 
 from titans.layers.attention import Attention, KVCache
-from titans.layers.memory import NeuralMemory, NeuralMemoryState
+from titans.layers.memory import NeuralMemory, NeuralMemoryState, PendingTokens
 from titans.layers.mlp import SwiGLU
 from titans.layers.norm import RMSNorm
 from titans.layers.tags import (
@@ -13,7 +13,7 @@ from titans.layers.tags import (
 )
 
 __all__ = [
-    "Attention", "KVCache", "NeuralMemory", "NeuralMemoryState", "RMSNorm", "SwiGLU",
-    "is_residual_projection", "mark_no_weight_decay", "mark_residual_projection",
+    "Attention", "KVCache", "NeuralMemory", "NeuralMemoryState", "PendingTokens", "RMSNorm",
+    "SwiGLU", "is_residual_projection", "mark_no_weight_decay", "mark_residual_projection",
     "no_weight_decay",
 ]

@@ -9,7 +9,9 @@ x -> q, k, v projections -> causal depthwise conv (kernel 4) -> SiLU -> L2-norma
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from torch import Tensor, nn
 
 from titans.checks import check_number
 from titans.layers.norm import RMSNorm
+from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
 from titans.ops.memory import (
     ACTIVATIONS,
     MemoryState,
@@ -28,6 +31,19 @@ from titans.ops.memory import (
 )
 
 
+class PendingTokens(NamedTuple):
+    """Inputs of the open chunk's tokens: k, v [B, n, H, D]; lr, momentum, decay [B, n, H]."""
+
+    k: Tensor
+    v: Tensor
+    lr: Tensor
+    momentum: Tensor
+    decay: Tensor
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> PendingTokens:
+        return PendingTokens(*(fn(t) for t in self))
+
+
 @dataclass
 class NeuralMemoryState:
     """Everything a :class:`NeuralMemory` needs to continue a sequence exactly.
@@ -37,28 +53,28 @@ class NeuralMemoryState:
     current: weights and momentum after the last token read (the running memory), shaped like
              ``memory`` and equal to it when no token is pending. A call that stays inside the
              open chunk continues from it token by token.
-    pending: (k, v, lr, momentum, decay) of the tokens read since that boundary (fewer than
-             chunk_size). A call that closes the chunk replays them with its own tokens, to keep
-             chunk boundaries where one pass would put them. k, v: [B, n, H, D]; gates: [B, n, H].
+    pending: the inputs of the tokens read since that boundary (fewer than chunk_size). A
+             call that closes the chunk replays them with its own tokens, to keep chunk
+             boundaries where one pass would put them.
     conv:    the last ``conv_kernel - 1`` projected inputs of the q/k/v convolution,
              [B, 3 * H * D, conv_kernel - 1] (None without convolution).
     """
 
     memory: MemoryState
     current: MemoryState
-    pending: tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+    pending: PendingTokens
     conv: Tensor | None
 
     @property
     def num_pending(self) -> int:
-        return self.pending[0].shape[1]
+        return self.pending.k.shape[1]
 
     def detach(self) -> NeuralMemoryState:
         """Cut the autograd graph (truncated back-propagation through a long stream)."""
         return NeuralMemoryState(
             self.memory.detach(),
             self.current.detach(),
-            tuple(p.detach() for p in self.pending),  # type: ignore[arg-type]
+            self.pending.map(Tensor.detach),
             None if self.conv is None else self.conv.detach(),
         )
 
@@ -161,9 +177,15 @@ class NeuralMemory(nn.Module):
         if residual_norm:
             self.memory_norm_weight = nn.Parameter(torch.empty(num_heads, head_dim))
             self.memory_norm_bias = nn.Parameter(torch.empty(num_heads, head_dim))
+            # Norm parameters stored as [H, D] matrices: they do not decay.
+            mark_no_weight_decay(self.memory_norm_weight, self.memory_norm_bias)
+        # The initial weights are the inner learner's starting state (its forget gate governs
+        # how they shrink), not a map: no weight decay.
+        mark_no_weight_decay(*self.memory_init)
         self.out_norm = RMSNorm(head_dim, eps=1e-6)
         self.out_gate = nn.Linear(hidden_size, inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden_size, bias=False)
+        mark_residual_projection(self.o_proj)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -192,7 +214,7 @@ class NeuralMemory(nn.Module):
         memory = MemoryState.from_initial(list(self.memory_init), batch_size)
         w = self.memory_init[0]
         h, d = self.num_heads, self.head_dim
-        pending = (
+        pending = PendingTokens(
             w.new_zeros(batch_size, 0, h, d),
             w.new_zeros(batch_size, 0, h, d),
             *(w.new_zeros(batch_size, 0, h, dtype=torch.float32) for _ in range(3)),
@@ -200,7 +222,7 @@ class NeuralMemory(nn.Module):
         conv = (
             None if self.conv is None else w.new_zeros(batch_size, 3 * h * d, self.conv_kernel - 1)
         )
-        return NeuralMemoryState(memory, memory, pending, conv)  # type: ignore[arg-type]
+        return NeuralMemoryState(memory, memory, pending, conv)
 
     def _check_state(self, state: NeuralMemoryState, batch_size: int) -> None:
         """A state from another batch size or layer config is an error, not a silent mix-up."""
@@ -310,8 +332,9 @@ class NeuralMemory(nn.Module):
         lr, eta, alpha = self.gates(x)
         n_pend = state.num_pending
         # The open chunk's tokens so far, pending and new: (k, v, lr, eta, alpha).
-        pending = tuple(torch.cat([p.to(t.dtype), t], 1)
-                        for p, t in zip(state.pending, (k, v, lr, eta, alpha), strict=True))
+        pending = PendingTokens(*(torch.cat([p.to(t.dtype), t], 1)
+                                  for p, t in zip(state.pending, (k, v, lr, eta, alpha),
+                                                  strict=True)))
         kw = dict(activation=self.activation, residual_norm=self.residual_norm,
                   norm_weight=self.memory_norm_weight, norm_bias=self.memory_norm_bias,
                   max_grad_norm=self.max_grad_norm)
@@ -321,7 +344,7 @@ class NeuralMemory(nn.Module):
             # so only the new tokens are computed (no replay).
             o, current = memory_recurrent(q, k, v, lr, eta, alpha, state.memory, state.current,
                                           **kw)
-            new_state = NeuralMemoryState(state.memory, current, pending, conv_cache)  # type: ignore[arg-type]
+            new_state = NeuralMemoryState(state.memory, current, pending, conv_cache)
             return self._output(o, x), new_state
 
         # The chunk closes: replay its pending tokens (their outputs were given already) with
@@ -336,6 +359,6 @@ class NeuralMemory(nn.Module):
         head, memory = memory_chunked(*(t[:, :split] for t in seq), state.memory, **kw)
         tail, current = memory_chunked(*(t[:, split:] for t in seq), memory, **kw)
         o = torch.cat([head, tail], 1)[:, n_pend:]  # [B, T, H, D]
-        pending = tuple(t[:, split:] for t in (k, v, lr, eta, alpha))
-        new_state = NeuralMemoryState(memory, current, pending, conv_cache)  # type: ignore[arg-type]
+        pending = pending.map(lambda t: t[:, split:])
+        new_state = NeuralMemoryState(memory, current, pending, conv_cache)
         return self._output(o, x), new_state

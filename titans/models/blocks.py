@@ -36,7 +36,7 @@ from titans.layers.attention import Attention, KVCache
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.layers.mlp import SwiGLU
 from titans.layers.norm import RMSNorm
-from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
+from titans.layers.tags import mark_no_weight_decay
 from titans.ops import MemoryState
 
 if TYPE_CHECKING:
@@ -150,7 +150,9 @@ def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
         return dataclasses.replace(obj, **{f.name: _map_tensors(getattr(obj, f.name), fn)
                                            for f in dataclasses.fields(obj)})
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(item, fn) for item in obj)
+        items = [_map_tensors(item, fn) for item in obj]
+        # A NamedTuple takes its fields as arguments, a list or plain tuple one iterable.
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     return obj
 
 
@@ -159,7 +161,7 @@ def _positions(start: int, length: int, device: torch.device) -> Tensor:
 
 
 def _memory(cfg: TitansConfig) -> NeuralMemory:
-    memory = NeuralMemory(
+    return NeuralMemory(
         cfg.hidden_size, cfg.memory_num_heads, cfg.memory_head_dim,
         memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
         chunk_size=cfg.chunk_size, activation=cfg.memory_activation,
@@ -169,13 +171,6 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
         checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
     )
-    # The initial weights are the inner learner's starting state (its forget gate governs how
-    # they shrink), and the residual LayerNorm's per-head weight and bias are norm parameters
-    # stored as [H, D] matrices: none of them decays.
-    norm = [p for p in (memory.memory_norm_weight, memory.memory_norm_bias) if p is not None]
-    mark_no_weight_decay(*memory.memory_init, *norm)
-    mark_residual_projection(memory.o_proj)
-    return memory
 
 
 def _attention(cfg: TitansConfig) -> Attention:
