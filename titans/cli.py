@@ -241,18 +241,11 @@ def _print_task_rows(name: str, task: str, rows: list[dict]) -> None:
 
 def _machine() -> dict[str, Any]:
     """Where a result was measured."""
-    import os
-    import platform
-
     import torch
 
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
+    from titans.machine import describe_machine
+
+    return {**describe_machine(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 

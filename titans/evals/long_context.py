@@ -10,57 +10,16 @@ above ``max_full_attention_length`` and reported as not evaluated.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from titans.evals.tasks import NEEDLE_TASKS, TASKS, TaskGenerator, TaskItem, score
+from titans.machine import PeakMemory
 from titans.models.lm import TitansLM
-
-
-class PeakMemory:
-    """Peak memory of a ``with`` block, in MiB (``.peak_mib`` after the block).
-
-    On CUDA: the caching allocator's peak of allocated tensor memory (``kind="cuda_allocated"``).
-    On Linux CPU: the process's peak resident set size (``kind="rss"``): the kernel's high-water
-    mark VmHWM, reset to the current RSS when the block starts (``/proc/self/clear_refs``).
-    Elsewhere: ``getrusage``'s lifetime maximum (``kind="max_rss"``), which never goes down
-    between blocks.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib = 0.0
-        self.kind = "cuda_allocated" if device.type == "cuda" else (
-            "rss" if _CLEAR_REFS.exists() else "max_rss")
-
-    def __enter__(self) -> PeakMemory:
-        if self.kind == "cuda_allocated":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.kind == "rss":
-            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current VmRSS
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.kind == "cuda_allocated":
-            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self.kind == "rss":
-            status = Path("/proc/self/status").read_text().splitlines()
-            self.peak_mib = next(int(line.split()[1]) for line in status
-                                 if line.startswith("VmHWM:")) / 2**10
-        else:
-            # ru_maxrss is in KiB on Linux and bytes on macOS.
-            scale = 2**20 if sys.platform == "darwin" else 2**10
-            self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 @torch.no_grad()
@@ -119,8 +78,8 @@ def evaluate_task(
     Returns one row per cell, in order: ``task``, ``length``, ``depth`` (None for bAbI), ``items``,
     ``correct``, ``accuracy`` (None if not evaluated), ``tokens_per_s`` (context tokens of the
     whole length, all its cells, per second), ``peak_memory_mib`` and ``memory_kind`` (see
-    :class:`PeakMemory`; per length), ``skipped`` (why a length was not evaluated, else None) and
-    ``predictions`` (``[answer, greedy continuation]`` per item).
+    :class:`titans.machine.PeakMemory`; per length), ``skipped`` (why a length was not
+    evaluated, else None) and ``predictions`` (``[answer, greedy continuation]`` per item).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
