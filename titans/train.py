@@ -1,10 +1,11 @@
 """Training: one readable loop from setup to checkpoint, single-process or data parallel.
 
-``train`` reads top to bottom: setup (devices, seeds, resume), data (``get_batch`` or another
-``BatchSource``, a pure function of the step), model, optimizer (AdamW, warmup + cosine), the
-loop (gradient accumulation, clipping), evaluation and checkpoints. A run resumed from its
-checkpoint continues bit for bit like one that was never interrupted: the batches depend only on
-the step, and the checkpoint holds the weights, the optimizer state and every RNG state.
+``train`` reads top to bottom: setup (devices, seeds, resume), data (a
+:class:`titans.data.batches.BatchSource`, a pure function of the step), model, optimizer (AdamW,
+warmup + cosine), the loop (gradient accumulation, clipping), evaluation and checkpoints. A run
+resumed from its checkpoint continues bit for bit like one that was never interrupted: the
+batches depend only on the step, and the checkpoint holds the weights, the optimizer state and
+every RNG state.
 
 Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored once, as the
 embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
@@ -25,7 +26,6 @@ before the optimizer takes the step, so no diverged weights are saved.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import json
 import math
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from titans import distributed
 from titans.checks import check_number
+from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
@@ -64,31 +65,6 @@ METRICS_FILE = "metrics.jsonl"
 STAGING_DIR = ".checkpoint-staging"
 
 DTYPES = ("auto", "float32", "bfloat16")
-
-
-class BatchSource(Protocol):
-    """Where training batches come from when they are not windows of one token stream (e.g.
-    :class:`titans.evals.tasks.TaskBatches`). Must be a pure function of its arguments, like
-    :func:`get_batch`, so that a resumed run sees the data of an uninterrupted one.
-
-    Returns ``(input_ids, labels)``, both [batch_size, seq_len] int64; ``labels[:, t]`` is the
-    target of position t - 1 (as in :meth:`TitansLM.forward`), -100 where nothing is scored.
-    """
-
-    def __call__(
-        self, seq_len: int, batch_size: int, step: int, seed: int, rank: int, world_size: int
-    ) -> tuple[Tensor, Tensor]: ...
-
-
-def _token_batches(tokens: np.ndarray) -> BatchSource:
-    """The language-modelling source of a token stream: ``get_batch`` rows, scored everywhere."""
-
-    def source(seq_len: int, batch_size: int, step: int, seed: int, rank: int,
-               world_size: int) -> tuple[Tensor, Tensor]:
-        batch = get_batch(tokens, seq_len, batch_size, step, seed, rank, world_size)
-        return batch, batch
-
-    return source
 
 
 @dataclass
@@ -168,60 +144,6 @@ def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str)
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-
-
-def get_batch(
-    tokens: np.ndarray,
-    seq_len: int,
-    batch_size: int,
-    step: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Tensor:
-    """Rows of global batch ``step`` for process ``rank``: [batch_size, seq_len] int64 (CPU).
-
-    The stream is cut into ``n = (len(tokens) - 1) // seq_len`` consecutive sequences (documents
-    are separated by the EOS tokens packed into the stream). Epoch ``e`` visits them in a
-    permutation seeded by ``(seed, e)``; global batch ``step`` is rows
-    ``[step * B * W, (step + 1) * B * W)`` of the concatenated epochs and rank ``r`` takes the
-    ``r``-th block of ``B`` of them, so the ranks' rows together are the world-size-1 batch of
-    ``B * W`` rows. A pure function of its arguments: a resumed run sees exactly the data of an
-    uninterrupted one.
-    """
-    _check_token_array("tokens", tokens)
-    for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
-                             ("step", step, 0), ("seed", seed, 0), ("world_size", world_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
-    num_seqs = (len(tokens) - 1) // seq_len
-    if num_seqs < 1:
-        raise ValueError(
-            f"need at least seq_len + 1 = {seq_len + 1} tokens for one sequence, got {len(tokens)}"
-        )
-    rows = (step * world_size + rank) * batch_size + np.arange(batch_size)
-    epochs = rows // num_seqs
-    seqs = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(epochs):  # a batch may straddle an epoch boundary (or several)
-        here = epochs == epoch
-        seqs[here] = _epoch_order(num_seqs, seed, int(epoch))[rows[here] % num_seqs]
-    index = seqs[:, None] * seq_len + np.arange(seq_len)  # [batch_size, seq_len] positions
-    return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_seqs: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the sequences in one epoch; cached because every step of an epoch needs it
-    (read-only, so the cache cannot be corrupted by a caller)."""
-    order = np.random.default_rng((seed, epoch)).permutation(num_seqs)
-    order.setflags(write=False)
-    return order
-
-
-# --------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
 
@@ -297,8 +219,9 @@ def train(
     """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
 
     train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap), cut by
-    :func:`get_batch` and scored at every position, or a :class:`BatchSource` (e.g. task items
-    scored only at their answers); without val_tokens there is no evaluation. resume: continue
+    :func:`titans.data.batches.get_batch` and scored at every position, or a
+    :class:`BatchSource` (e.g. task items scored only at their answers); without val_tokens
+    there is no evaluation. resume: continue
     exactly from the checkpoint in out_dir (``FileNotFoundError`` if there is none, ``ValueError``
     if it was trained with another model config, sequence length, global batch or optimizer
     hyperparameters; ``max_steps`` and ``max_tokens`` may change, to extend a run). Without
@@ -323,10 +246,10 @@ def train(
         raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    train_source = _batch_source("train_tokens", train_tokens, train_config.seq_len)
+    train_source = as_batch_source("train_tokens", train_tokens, train_config.seq_len)
     val_source = None
     if val_tokens is not None:
-        val_source = _batch_source("val_tokens", val_tokens, train_config.seq_len)
+        val_source = as_batch_source("val_tokens", val_tokens, train_config.seq_len)
     env = distributed.setup(train_config.device)
     try:
         return _train(model_config, train_config, train_source, val_source, resume, env)
@@ -546,27 +469,6 @@ def _evaluate(
             total += model(batch, labels=labels, return_logits=False).loss.float()
     model.train(was_training)
     return distributed.all_reduce_mean(total / cfg.eval_batches, env).item()
-
-
-def _check_token_array(name: str, tokens: Any) -> None:
-    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise ValueError(
-            f"{name} must be a 1-D integer numpy array, got {type(tokens).__name__} "
-            f"{getattr(tokens, 'dtype', '')} {getattr(tokens, 'shape', '')}"
-        )
-
-
-def _batch_source(name: str, tokens: Any, seq_len: int) -> BatchSource:
-    """A callable source as it is; a token stream checked (before any setup, so a stream
-    ``get_batch`` could not cut fails early) and wrapped by :func:`_token_batches`."""
-    if callable(tokens):
-        return tokens
-    _check_token_array(name, tokens)
-    if len(tokens) < seq_len + 1:
-        raise ValueError(
-            f"{name} has {len(tokens)} tokens; seq_len {seq_len} needs at least {seq_len + 1}"
-        )
-    return _token_batches(tokens)
 
 
 def _seed_everything(seed: int) -> None:
