@@ -20,19 +20,13 @@ import pytest
 import safetensors.torch
 import torch
 
+import titans.runs
 import titans.train
 from titans import TitansConfig, TitansLM
 from titans.data.batches import get_batch
 from titans.models.health import HEALTH_KEYS, MemoryHealth
-from titans.train import (
-    TrainConfig,
-    load_checkpoint,
-    lr_multiplier,
-    param_groups,
-    read_metrics,
-    total_steps,
-    train,
-)
+from titans.runs import STAGING_DIR, load_checkpoint, read_metrics
+from titans.train import TrainConfig, lr_multiplier, param_groups, total_steps, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -239,7 +233,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(
         saves.append(obj["step"])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(titans.train.torch, "save", crashing_save)
+    monkeypatch.setattr(titans.runs.torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model_config(), tiny_train_config(out, max_steps=4), tokens, resume=True)
     monkeypatch.undo()
@@ -250,7 +244,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(
     # The next run discards the incomplete staging and resumes from step 2.
     assert train(tiny_model_config(), tiny_train_config(out, max_steps=4), tokens,
                  resume=True)["steps"] == 4
-    assert not (out / titans.train.STAGING_DIR).exists()
+    assert not (out / STAGING_DIR).exists()
 
 
 def test_complete_staging_is_rolled_forward(tmp_path: Path) -> None:
@@ -258,7 +252,7 @@ def test_complete_staging_is_rolled_forward(tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(tiny_model_config(), tiny_train_config(out, max_steps=2, save_every=1), tokens)
     # Simulate a crash after the weights were moved in but before trainer.pt was.
-    staging = out / titans.train.STAGING_DIR
+    staging = out / STAGING_DIR
     staging.mkdir()
     (out / "trainer.pt").rename(staging / "trainer.pt")
     trainer = torch.load(staging / "trainer.pt", weights_only=True)

@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _load_run(run: str) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
     """A trained run: model, its saved configs, tokenizer and token files."""
-    from titans.train import load_checkpoint
+    from titans.runs import load_checkpoint
 
     model, saved = load_checkpoint(run)
     data_file = Path(run) / DATA_FILE
@@ -162,7 +162,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
     carried state; JSON written after every model, plots on request."""
     from titans.evals.long_context import evaluate_task
     from titans.plots import plot_accuracy_vs_length, plot_niah_heatmap
-    from titans.train import load_checkpoint
+    from titans.runs import load_checkpoint
 
     start = time.perf_counter()
     defaults = TASK_EVAL[args.kind]
@@ -285,7 +285,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from titans.evals import evaluate_perplexity, generate_text
     from titans.evals.tasks import TaskBatches
     from titans.plots import plot_loss_curves
-    from titans.train import TRAINER_FILE, TrainConfig, load_checkpoint, read_metrics, train
+    from titans.runs import TRAINER_FILE, load_checkpoint, read_metrics
+    from titans.train import TrainConfig, train
 
     start = time.perf_counter()
     values = _load(args, ("models", "match_parameters", "train", "data", "eval", "sample",

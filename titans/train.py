@@ -7,10 +7,9 @@ resumed from its checkpoint continues bit for bit like one that was never interr
 batches depend only on the step, and the checkpoint holds the weights, the optimizer state and
 every RNG state.
 
-Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored once, as the
-embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
-(optimizer, schedule, RNG states, step, tokens seen) and ``metrics.jsonl`` (one JSON record per
-logged step and per evaluation).
+Everything goes into the run directory ``out_dir`` (its files: :mod:`titans.runs`): the
+checkpoint (weights, configs and the trainer state: optimizer, schedule, RNG states, step, tokens
+seen) and the metrics log, one JSON record per logged step and per evaluation.
 
 A training record holds ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm`` (before clipping),
 ``tokens_per_s`` and ``elapsed`` (s), and for models with a neural memory its health in that step
@@ -27,11 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -41,28 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from titans import distributed
+from titans import distributed, runs
 from titans.checks import check_number
 from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
-from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TRAINER_FILE = "trainer.pt"
-METRICS_FILE = "metrics.jsonl"
-# A checkpoint is three files, so it is first written here and then moved into out_dir; see
-# ``_commit_checkpoint``.
-STAGING_DIR = ".checkpoint-staging"
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -275,9 +262,9 @@ def _train(
     _Trackers.check_installed(cfg)  # fail before any work if an enabled logger is missing
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
+        runs.commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
     distributed.barrier(env)  # the others read the checkpoint only once it is whole
-    if not resume and (out_dir / TRAINER_FILE).exists():
+    if not resume and runs.has_checkpoint(out_dir):
         raise FileExistsError(
             f"{out_dir} already holds a checkpoint: pass resume=True (--resume on the command "
             "line) to continue it, or choose another out_dir"
@@ -313,7 +300,7 @@ def _train(
         )
 
     # ---- logging
-    metrics = _MetricsLog(out_dir / METRICS_FILE, keep_until=progress.step) if env.is_main else None
+    metrics = runs.MetricsLog(out_dir, keep_until=progress.step) if env.is_main else None
     trackers = _Trackers(cfg, model_config, progress.step, enabled=env.is_main)
     bar = tqdm(
         total=num_steps, initial=progress.step, unit="step", dynamic_ncols=True,
@@ -564,7 +551,7 @@ def _divergence_message(
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (the files: titans.runs)
 
 
 def _save_checkpoint(
@@ -576,20 +563,8 @@ def _save_checkpoint(
     num_steps: int,
     world_size: int,
 ) -> None:
-    """Write weights, configs and trainer state into ``out_dir`` as one atomic unit.
-
-    The three files are written (each atomically) into a staging directory, ``trainer.pt``
-    last, and then moved into ``out_dir``; a crash at any point leaves either the previous
-    checkpoint or, once the staging is complete, one that the next run finishes moving in.
-    """
-    staging = out_dir / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed in this session
-    staging.mkdir(parents=True)
-    with atomic_write(staging / WEIGHTS_FILE) as f:
-        f.write(safetensors.torch.save(_weights(model), metadata={"step": str(progress.step)}))
-    atomic_save_json(
-        {"model": model.config.to_dict(), "train": asdict(train_config)}, staging / CONFIG_FILE
-    )
+    """Save the weights, the configs and the trainer state: the progress, the optimizer state,
+    the schedule's parameters and every RNG's state (see :func:`titans.runs.save_checkpoint`)."""
     trainer_state = {
         **asdict(progress),
         "world_size": world_size,
@@ -598,71 +573,9 @@ def _save_checkpoint(
         "scheduler": {"kind": "warmup_cosine", "lr": train_config.lr, "total_steps": num_steps,
                       "warmup_steps": train_config.warmup_steps,
                       "min_lr_ratio": train_config.min_lr_ratio},
-        "rng": _rng_state(),
+        "rng": runs.rng_state(),
     }
-    with atomic_write(staging / TRAINER_FILE) as f:
-        torch.save(trainer_state, f)
-    _commit_checkpoint(out_dir)
-
-
-def _commit_checkpoint(out_dir: Path) -> None:
-    """Move a complete staged checkpoint into ``out_dir``, or discard an incomplete one.
-
-    The staging is complete once it holds ``trainer.pt`` (written last, atomically), which is
-    also moved last: so this can be re-run after a crash at any point of it.
-    """
-    staging = out_dir / STAGING_DIR
-    if not staging.exists():
-        return
-    if (staging / TRAINER_FILE).exists():
-        for name in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE):
-            if (staging / name).exists():  # absent: already moved before a crash
-                os.replace(staging / name, out_dir / name)
-    shutil.rmtree(staging)
-
-
-def _weights(model: TitansLM) -> dict[str, Tensor]:
-    """The state dict for safetensors, which refuses shared tensors: a tied LM head is the
-    embedding matrix, stored once (as ``embed_tokens.weight``)."""
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:
-        del state["lm_head.weight"]
-    return {name: t.detach().cpu().contiguous() for name, t in state.items()}
-
-
-def _load_weights(model: TitansLM, path: Path) -> None:
-    """Load ``model.safetensors`` into ``model`` in place. The model's constructor ties the LM
-    head to the embedding and loading copies into the existing tensors, so the tie survives."""
-    state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    expected_missing = ["lm_head.weight"] if model.config.tie_word_embeddings else []
-    if sorted(missing) != expected_missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the model: missing {sorted(set(missing) - {*expected_missing})}"
-            f", unexpected {sorted(unexpected)}"
-        )
-
-
-def _read_config(out_dir: Path) -> dict[str, Any]:
-    """The checkpoint's config.json. Read-only: a reader may run while a training process is
-    saving, so only training itself repairs an interrupted save (``_commit_checkpoint``)."""
-    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE) if not (out_dir / n).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
-            "save_every steps and at its end)"
-        )
-    return json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-
-
-def load_checkpoint(out_dir: str | Path) -> tuple[TitansLM, dict[str, Any]]:
-    """The model saved in ``out_dir`` (on CPU, in eval mode) and its config dict
-    ``{"model": TitansConfig fields, "train": TrainConfig fields}``."""
-    out_dir = Path(out_dir)
-    config = _read_config(out_dir)
-    model = TitansLM(TitansConfig.from_dict(config["model"]))
-    _load_weights(model, out_dir / WEIGHTS_FILE)
-    return model.eval(), config
+    runs.save_checkpoint(out_dir, model, asdict(train_config), trainer_state)
 
 
 # A resumed run must follow the same trajectory as the interrupted one, so these must match.
@@ -679,7 +592,7 @@ def _load_trainer_state(
     optimizer: torch.optim.Optimizer,
 ) -> _Progress:
     """Restore weights, optimizer state and RNG states from ``out_dir``; return the progress."""
-    saved = _read_config(out_dir)
+    saved = runs.read_config(out_dir)
     saved_model = TitansConfig.from_dict(saved["model"]).to_dict()
     wanted_model = model_config.to_dict()
     if saved_model != wanted_model:
@@ -688,7 +601,7 @@ def _load_trainer_state(
         raise ValueError(
             f"the checkpoint in {out_dir} is of another model config ((saved, requested): {diff})"
         )
-    trainer = torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
+    trainer = runs.read_trainer_state(out_dir)
     saved_train = saved["train"]
     diff = {k: (saved_train[k], getattr(cfg, k)) for k in _RESUME_FIELDS
             if saved_train[k] != getattr(cfg, k)}
@@ -701,70 +614,14 @@ def _load_trainer_state(
             f"cannot resume {out_dir} exactly with other training settings ((saved, requested): "
             f"{diff}); start a new run in another out_dir instead"
         )
-    _load_weights(model, out_dir / WEIGHTS_FILE)
+    runs.load_weights(model, out_dir)
     optimizer.load_state_dict(trainer["optimizer"])
-    _set_rng_state(trainer["rng"])
+    runs.set_rng_state(trainer["rng"])
     return _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG's state, as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(key.copy()), pos, has_gauss, cached_gaussian),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, key, pos, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, key.numpy(), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        count = min(len(state["cuda"]), torch.cuda.device_count())
-        torch.cuda.set_rng_state_all(state["cuda"][:count])
 
 
 # --------------------------------------------------------------------------------------------
 # Logging
-
-
-class _MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, appended as training goes.
-
-    On (re)start, records after step ``keep_until`` are dropped (and a line cut by a crash), so a
-    resumed run continues the file without duplicate steps.
-    """
-
-    def __init__(self, path: Path, keep_until: int) -> None:
-        self.path = path
-        kept = [r for r in read_metrics(path) if r["step"] <= keep_until]
-        with atomic_write(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-
-    def write(self, record: dict[str, Any]) -> None:
-        # Appending a line is not atomic, but a crash can only cut the last line, which the next
-        # start drops; rewriting the whole file per record would cost O(records) each time.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (empty if it does not exist); a line cut by a crash is
-    skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 class _Trackers:
@@ -783,7 +640,8 @@ class _Trackers:
 
             # purge_step drops events a resumed run is about to log again.
             self.tensorboard = SummaryWriter(
-                str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
+                str(out_dir / runs.TENSORBOARD_DIR),
+                purge_step=start_step + 1 if start_step else None,
             )
         if cfg.wandb:
             import wandb
