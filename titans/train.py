@@ -25,11 +25,9 @@ before the optimizer takes the step, so no diverged weights are saved.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -41,7 +39,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from titans import distributed, runs
 from titans.checks import check_number
@@ -50,6 +47,7 @@ from titans.distributed import DistEnv
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
+from titans.tracking import TrainingLog, check_trackers_installed
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -208,20 +206,20 @@ def train(
     train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap), cut by
     :func:`titans.data.batches.get_batch` and scored at every position, or a
     :class:`BatchSource` (e.g. task items scored only at their answers); without val_tokens
-    there is no evaluation. resume: continue
-    exactly from the checkpoint in out_dir (``FileNotFoundError`` if there is none, ``ValueError``
-    if it was trained with another model config, sequence length, global batch or optimizer
-    hyperparameters; ``max_steps`` and ``max_tokens`` may change, to extend a run). Without
-    resume, an out_dir that already holds a checkpoint is refused (``FileExistsError``) rather
-    than overwritten.
+    there is no evaluation. resume: continue exactly from the checkpoint in out_dir
+    (``FileNotFoundError`` if there is none, ``ValueError`` if it was trained with another model
+    config, sequence length, global batch or optimizer hyperparameters; ``max_steps`` and
+    ``max_tokens`` may change, to extend a run). Without resume, an out_dir that already holds a
+    checkpoint is refused (``FileExistsError``) rather than overwritten.
 
     Every ``log_every`` steps a record goes to ``metrics.jsonl`` (and TensorBoard / W&B when
-    enabled): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``elapsed`` and, for a model
-    with a neural memory, ``memory_weight_norm_max``, ``memory_lr_max`` and
-    ``memory_momentum_max`` (see the module docstring); the progress bar shows the last three as
-    ``|W|``, ``theta`` and ``mom``. A non-finite loss or gradient norm at any step raises
-    ``FloatingPointError`` naming the step, the cause, the first parameter with a non-finite
-    gradient, the memory's health and the step of the checkpoint left in out_dir.
+    enabled; see :mod:`titans.tracking`): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``,
+    ``elapsed`` and, for a model with a neural memory, ``memory_weight_norm_max``,
+    ``memory_lr_max`` and ``memory_momentum_max`` (see the module docstring); the progress bar
+    shows the last three as ``|W|``, ``theta`` and ``mom``. A non-finite loss or gradient norm
+    at any step raises ``FloatingPointError`` naming the step, the cause, the first parameter
+    with a non-finite gradient, the memory's health and the step of the checkpoint left in
+    out_dir.
 
     Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
     and saves (the memory health it logs is of its own batches). Returns the summary
@@ -259,7 +257,7 @@ def _train(
     tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * env.world_size
     _seed_everything(cfg.seed)
     amp_dtype = _amp_dtype(cfg.dtype, env.device)
-    _Trackers.check_installed(cfg)  # fail before any work if an enabled logger is missing
+    check_trackers_installed(cfg)  # fail before any work if an enabled tracker is missing
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         runs.commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
@@ -299,13 +297,8 @@ def _train(
             step_model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
 
-    # ---- logging
-    metrics = runs.MetricsLog(out_dir, keep_until=progress.step) if env.is_main else None
-    trackers = _Trackers(cfg, model_config, progress.step, enabled=env.is_main)
-    bar = tqdm(
-        total=num_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-        disable=not (cfg.progress and env.is_main and sys.stderr.isatty()),
-    )
+    # ---- logging: metrics.jsonl, trackers, progress (rank 0)
+    log = TrainingLog(cfg, model_config, progress.step, num_steps, enabled=env.is_main)
 
     # ---- loop
     window_tokens, window_time = 0, 0.0  # for tokens/s of each logged window
@@ -318,24 +311,8 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        loss_sum = torch.zeros((), device=env.device)
-        health = MemoryHealth(step_model)  # the memory's health, over this step's micro-batches
-        for micro in range(cfg.grad_accum):
-            batch, labels = (t.to(env.device) for t in train_source(
-                cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
-                cfg.seed, env.rank, env.world_size,
-            ))
-            # DDP averages gradients over processes only on the last micro-batch's backward.
-            last_micro = micro == cfg.grad_accum - 1
-            sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
-            with sync:
-                with health, torch.autocast(env.device.type, amp_dtype,
-                                            enabled=amp_dtype is not None):
-                    loss = step_model(batch, labels=labels, return_logits=False).loss
-                    loss = loss / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
-        train_loss = distributed.all_reduce_mean(loss_sum, env)
+        train_loss, health = _accumulate_gradients(step_model, train_source, progress.step, cfg,
+                                                   env, amp_dtype)
         with_grad = [p for p in model.parameters() if p.grad is not None]
         grad_norm = _grad_norm(with_grad)  # the same on every process: DDP averaged the gradients
         # One read of the device per step: a non-finite loss or gradient stops the run before
@@ -369,20 +346,9 @@ def _train(
                 "tokens_per_s": window_tokens / window_time, "elapsed": elapsed(),
             }
             window_tokens, window_time = 0, 0.0
-            shown = _health_fields(record)
-            bar.set_postfix({"loss": f"{record['loss']:.4f}", **shown,
-                             "tok_s": f"{record['tokens_per_s']:.0f}"},
-                            refresh=False)  # shown by the update below
-            if bar.disable and cfg.progress and env.is_main:
-                # No terminal (a log file, CI): one plain line per record instead of the bar.
-                eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
-                memory = "".join(f"{k} {v}  " for k, v in shown.items())
-                print(f"step {progress.step}/{num_steps}  loss {record['loss']:.4f}  {memory}"
-                      f"{record['tokens_per_s']:.0f} tok/s  eta {eta / 60:.1f} min", flush=True)
-            if metrics is not None:
-                metrics.write(record)
-            trackers.log(record)
-        bar.update(1)
+            eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
+            log.train_record(record, eta)
+        log.step_done()
 
         # ---- eval
         if val_source is not None and (progress.step % cfg.eval_every == 0 or last_step):
@@ -390,16 +356,8 @@ def _train(
             progress.final_val_loss = val_loss
             if progress.best_val_loss is None or val_loss < progress.best_val_loss:
                 progress.best_val_loss = val_loss
-            record = {
-                "step": progress.step, "tokens": progress.tokens, "val_loss": val_loss,
-                "elapsed": elapsed(),
-            }
-            if metrics is not None:
-                metrics.write(record)
-            trackers.log(record)
-            if bar.disable and cfg.progress and env.is_main:
-                print(f"step {progress.step}/{num_steps}  validation loss {val_loss:.4f}",
-                      flush=True)
+            log.eval_record({"step": progress.step, "tokens": progress.tokens,
+                             "val_loss": val_loss, "elapsed": elapsed()})
 
         # ---- checkpoint
         if save_now:
@@ -409,8 +367,7 @@ def _train(
             saved_step = progress.step
             distributed.barrier(env)
 
-    bar.close()
-    trackers.close()
+    log.close()
     progress.elapsed = elapsed()
     steps_run = progress.step - first_step
     tokens_per_s = None
@@ -429,6 +386,38 @@ def _train(
         "wall_time": progress.elapsed,
         "out_dir": str(out_dir),
     }
+
+
+def _accumulate_gradients(
+    step_model: nn.Module,
+    source: BatchSource,
+    step: int,
+    cfg: TrainConfig,
+    env: DistEnv,
+    amp_dtype: torch.dtype | None,
+) -> tuple[Tensor, MemoryHealth]:
+    """Forward and backward passes of optimizer step ``step``'s ``cfg.grad_accum`` micro-batches
+    (gradients summed into the parameters, averaged over processes by DDP). Returns the step's
+    mean loss over all processes (0-d, on the device) and the memory's health over its forward
+    passes."""
+    loss_sum = torch.zeros((), device=env.device)
+    health = MemoryHealth(step_model)
+    for micro in range(cfg.grad_accum):
+        batch, labels = (t.to(env.device) for t in source(
+            cfg.seq_len, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed, env.rank,
+            env.world_size,
+        ))
+        # DDP averages gradients over processes only on the last micro-batch's backward.
+        last_micro = micro == cfg.grad_accum - 1
+        sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
+        with sync:
+            with health, torch.autocast(env.device.type, amp_dtype,
+                                        enabled=amp_dtype is not None):
+                loss = step_model(batch, labels=labels, return_logits=False).loss
+                loss = loss / cfg.grad_accum
+            loss.backward()
+        loss_sum += loss.detach()
+    return distributed.all_reduce_mean(loss_sum, env), health
 
 
 @torch.no_grad()
@@ -503,15 +492,6 @@ def _first_nonfinite_grad(model: nn.Module) -> str | None:
         if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
             return name
     return None
-
-
-# How the memory's health shows in the progress bar and the plain progress line.
-_HEALTH_LABELS = {WEIGHT_NORM_KEY: "|W|", LR_KEY: "theta", MOMENTUM_KEY: "mom"}
-
-
-def _health_fields(values: dict[str, Any]) -> dict[str, str]:
-    """The memory health values present in ``values``, compact: ``{"|W|": "12.3", ...}``."""
-    return {label: f"{values[key]:.3g}" for key, label in _HEALTH_LABELS.items() if key in values}
 
 
 def _divergence_message(
@@ -618,61 +598,3 @@ def _load_trainer_state(
     optimizer.load_state_dict(trainer["optimizer"])
     runs.set_rng_state(trainer["rng"])
     return _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
-
-
-# --------------------------------------------------------------------------------------------
-# Logging
-
-
-class _Trackers:
-    """Optional TensorBoard / Weights & Biases logging (rank 0), imported only when enabled."""
-
-    def __init__(
-        self, cfg: TrainConfig, model_config: TitansConfig, start_step: int, enabled: bool
-    ) -> None:
-        self.tensorboard: Any = None
-        self.wandb: Any = None
-        if not enabled:
-            return
-        out_dir = Path(cfg.out_dir)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a resumed run is about to log again.
-            self.tensorboard = SummaryWriter(
-                str(out_dir / runs.TENSORBOARD_DIR),
-                purge_step=start_step + 1 if start_step else None,
-            )
-        if cfg.wandb:
-            import wandb
-
-            # A resumed run starts a new W&B run; its steps continue from the checkpoint.
-            self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "titans-lm"), name=out_dir.name,
-                dir=str(out_dir), config={"model": model_config.to_dict(), "train": asdict(cfg)},
-            )
-
-    @staticmethod
-    def check_installed(cfg: TrainConfig) -> None:
-        """Raise a clear ImportError for an enabled logger whose package is missing; checked on
-        every process, so none is left waiting for a rank 0 that failed."""
-        for enabled, module, extra in ((cfg.tensorboard, "tensorboard", "tensorboard"),
-                                       (cfg.wandb, "wandb", "wandb")):
-            if enabled and importlib.util.find_spec(module) is None:
-                raise ImportError(
-                    f"{extra}=True needs the {module} package: pip install 'titans-lm[{extra}]'"
-                )
-
-    def log(self, record: dict[str, Any]) -> None:
-        values = {k: v for k, v in record.items() if k != "step"}
-        if self.tensorboard is not None:
-            for name, value in values.items():
-                self.tensorboard.add_scalar(name, value, record["step"])
-        if self.wandb is not None:
-            self.wandb.log(values, step=record["step"])
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()
