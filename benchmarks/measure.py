@@ -3,7 +3,8 @@ machine info, worker subprocesses and the results file.
 
 Peak memory on Linux CPU is the resident-set high-water mark (VmHWM, reset through
 /proc/self/clear_refs), elsewhere on CPU ``ru_maxrss``, on CUDA ``torch.cuda.max_memory_allocated``;
-on MPS it is not measured (None).
+on MPS it is not measured (None). The process-memory readings and the machine description are the
+package's (:mod:`titans.machine`), which the evaluations use too.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -22,8 +21,9 @@ from pathlib import Path
 import torch
 
 from titans.io import atomic_save_json
+from titans.machine import CLEAR_REFS, describe_machine, process_memory_bytes, reset_process_peak
 
-CLEAR_REFS, PROC_STAT = Path("/proc/self/clear_refs"), Path("/proc/stat")
+PROC_STAT = Path("/proc/stat")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 BUSY_LIMIT = 0.1  # cores used by other processes above which a timing is not worth reporting
@@ -65,16 +65,6 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def cpu_memory_bytes(field: str) -> int:
-    """Linux: ``field`` (VmRSS or VmHWM) of /proc/self/status; elsewhere ``ru_maxrss``. Bytes."""
-    if not CLEAR_REFS.exists():
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
-        return rss * (1 if sys.platform == "darwin" else 1024)
-    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines()
-                if ln.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 def reset_peak_memory(device: torch.device) -> int:
     """Start peak-memory tracking; returns the baseline in bytes."""
     if device.type == "cuda":
@@ -82,9 +72,8 @@ def reset_peak_memory(device: torch.device) -> int:
         return torch.cuda.memory_allocated(device)
     if device.type == "mps":
         return 0
-    if CLEAR_REFS.exists():
-        CLEAR_REFS.write_text("5")  # Linux: resets VmHWM to the current VmRSS
-    return cpu_memory_bytes("VmRSS")
+    reset_process_peak()
+    return process_memory_bytes("VmRSS")
 
 
 def peak_memory_mib(device: torch.device, base: int) -> float | None:
@@ -93,7 +82,7 @@ def peak_memory_mib(device: torch.device, base: int) -> float | None:
     if device.type == "mps":
         return None
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else cpu_memory_bytes("VmHWM"))
+            else process_memory_bytes("VmHWM"))
     return (peak - base) / 2**20
 
 
@@ -177,13 +166,7 @@ def warn_if_busy(results: list[dict]) -> None:
 
 def machine_info(device_name: str) -> dict:
     """CPU/GPU model, core count, versions and the repository's commit."""
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in
-                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device_name,
+    info = {**describe_machine(), "device": device_name,
             "thread_env": {k: v for k, v in os.environ.items()
                            if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))}}
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],

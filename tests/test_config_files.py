@@ -3,12 +3,15 @@
 import pytest
 
 from titans.config_files import (
+    COMPARE_SECTIONS,
+    RUN_SECTIONS,
     DataConfig,
     EvalConfig,
     TaskConfig,
     apply_overrides,
     build_dataclass,
     check_sections,
+    load_values,
     model_config,
     read_config_file,
 )
@@ -31,9 +34,7 @@ def test_shipped_configs_parse_and_build(tmp_path):
     assert len(files) >= 3
     for path in files:
         values = read_config_file(path)
-        sections = ("model", "models", "match_parameters", "train", "data", "eval", "sample",
-                    "task")
-        check_sections(values, sections)
+        check_sections(values, COMPARE_SECTIONS if "models" in values else RUN_SECTIONS)
         if "task" in values:
             build_dataclass(TaskConfig, values["task"], "task")
         build_dataclass(DataConfig, values.get("data"), "data")
@@ -55,6 +56,19 @@ def test_overrides_parse_values_as_yaml_and_do_not_mutate_the_input():
         apply_overrides({}, ["train.lr"])
     with pytest.raises(ValueError, match="not a section"):
         apply_overrides({"train": {"lr": 1}}, ["train.lr.x=1"])
+
+
+def test_load_values_reads_the_file_applies_overrides_and_checks_sections(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tiny\ntrain:\n  lr: 3e-3\n")
+    assert load_values(path, ["train.lr=1e-3", "data.source=x"], RUN_SECTIONS) == {
+        "model": {"preset": "tiny"}, "train": {"lr": 1e-3}, "data": {"source": "x"}}
+    assert load_values(None, None, RUN_SECTIONS) == {}
+    assert load_values(None, ["model.variant=mag"], RUN_SECTIONS) == {"model": {"variant": "mag"}}
+    with pytest.raises(ValueError, match=r"unknown config sections \['models'\]"):
+        load_values(None, ["models.a.variant=mac"], RUN_SECTIONS)
+    assert load_values(None, ["models.a.variant=mac"], COMPARE_SECTIONS) == {
+        "models": {"a": {"variant": "mac"}}}
 
 
 def test_unknown_keys_and_sections_are_named():

@@ -1,5 +1,5 @@
-"""Tests of the training loop: batches, config, optimizer groups, schedule, checkpoints, exact
-resume after SIGKILL, and data parallelism under torchrun."""
+"""Tests of the training loop: config, optimizer groups, schedule, checkpoints, exact resume
+after SIGKILL, and data parallelism under torchrun."""
 
 from __future__ import annotations
 
@@ -20,19 +20,13 @@ import pytest
 import safetensors.torch
 import torch
 
+import titans.runs
 import titans.train
 from titans import TitansConfig, TitansLM
+from titans.data.batches import get_batch
 from titans.models.health import HEALTH_KEYS, MemoryHealth
-from titans.train import (
-    TrainConfig,
-    get_batch,
-    load_checkpoint,
-    lr_multiplier,
-    param_groups,
-    read_metrics,
-    total_steps,
-    train,
-)
+from titans.runs import STAGING_DIR, load_checkpoint, read_metrics
+from titans.train import TrainConfig, lr_multiplier, param_groups, total_steps, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,54 +82,6 @@ def test_total_steps_stops_at_max_tokens_or_max_steps() -> None:
     assert total_steps(cfg) == 11  # 32 tokens per step: the 11th step passes 330
     assert total_steps(cfg, world_size=2) == 6
     assert total_steps(TrainConfig(max_steps=3, max_tokens=10**9)) == 3
-
-
-# ------------------------------------------------------------------------------------ get_batch
-
-
-def test_get_batch_rows_are_sequences_of_the_stream_and_deterministic() -> None:
-    tokens = np.arange(1001, dtype=np.uint16)  # 100 sequences of 10 (the last token spare)
-    batch = get_batch(tokens, 10, 4, step=3, seed=7)
-    assert batch.dtype == torch.int64 and batch.shape == (4, 10)
-    for row in batch:  # each row is one aligned, consecutive slice of the stream
-        assert int(row[0]) % 10 == 0 and torch.equal(row, row[0] + torch.arange(10))
-    assert torch.equal(batch, get_batch(tokens, 10, 4, step=3, seed=7))
-    assert not torch.equal(batch, get_batch(tokens, 10, 4, step=4, seed=7))
-    assert not torch.equal(batch, get_batch(tokens, 10, 4, step=3, seed=8))
-
-
-def test_get_batch_ranks_split_the_global_batch() -> None:
-    tokens = synthetic_tokens(5000, seed=0)
-    for step in (0, 5, 40):  # 40: past the first epoch of 156 sequences
-        whole = get_batch(tokens, 32, 12, step, seed=1)
-        parts = [get_batch(tokens, 32, 4, step, seed=1, rank=r, world_size=3) for r in range(3)]
-        assert torch.equal(torch.cat(parts), whole)
-
-
-def test_get_batch_epochs_are_permutations() -> None:
-    tokens = np.arange(10 * 24 + 1, dtype=np.int64)  # 24 sequences, batches of 6: 4 per epoch
-
-    def starts(step: int, batch_size: int = 6) -> list[int]:
-        return (get_batch(tokens, 10, batch_size, step, seed=3)[:, 0] // 10).tolist()
-
-    epoch0 = [s for step in range(4) for s in starts(step)]
-    epoch1 = [s for step in range(4, 8) for s in starts(step)]
-    assert sorted(epoch0) == sorted(epoch1) == list(range(24))
-    assert epoch0 != epoch1 and epoch0 != list(range(24))  # shuffled, differently per epoch
-    # A batch straddling the boundary: rows 20..29 = the end of epoch 0 and start of epoch 1.
-    assert starts(2, batch_size=10) == epoch0[20:] + epoch1[:6]
-
-
-def test_get_batch_rejects_bad_input() -> None:
-    tokens = np.arange(100, dtype=np.int32)
-    with pytest.raises(ValueError, match="at least seq_len"):
-        get_batch(tokens[:10], 10, 1, 0, 0)
-    with pytest.raises(ValueError, match="rank"):
-        get_batch(tokens, 10, 1, 0, 0, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="integer"):
-        get_batch(tokens.astype(np.float32), 10, 1, 0, 0)
-    with pytest.raises(ValueError, match="step"):
-        get_batch(tokens, 10, 1, -1, 0)
 
 
 # ---------------------------------------------------------------------------- optimizer, schedule
@@ -287,7 +233,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(
         saves.append(obj["step"])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(titans.train.torch, "save", crashing_save)
+    monkeypatch.setattr(titans.runs.torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model_config(), tiny_train_config(out, max_steps=4), tokens, resume=True)
     monkeypatch.undo()
@@ -298,7 +244,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(
     # The next run discards the incomplete staging and resumes from step 2.
     assert train(tiny_model_config(), tiny_train_config(out, max_steps=4), tokens,
                  resume=True)["steps"] == 4
-    assert not (out / titans.train.STAGING_DIR).exists()
+    assert not (out / STAGING_DIR).exists()
 
 
 def test_complete_staging_is_rolled_forward(tmp_path: Path) -> None:
@@ -306,7 +252,7 @@ def test_complete_staging_is_rolled_forward(tmp_path: Path) -> None:
     out = tmp_path / "run"
     train(tiny_model_config(), tiny_train_config(out, max_steps=2, save_every=1), tokens)
     # Simulate a crash after the weights were moved in but before trainer.pt was.
-    staging = out / titans.train.STAGING_DIR
+    staging = out / STAGING_DIR
     staging.mkdir()
     (out / "trainer.pt").rename(staging / "trainer.pt")
     trainer = torch.load(staging / "trainer.pt", weights_only=True)

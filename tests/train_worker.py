@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import titans.data.batches
 import titans.train
 from titans import TitansConfig
 from titans.io import atomic_save_json
@@ -30,13 +31,14 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(1)
     delay = spec.get("step_delay", 0.0)
     if delay:
-        get_batch = titans.train.get_batch
+        get_batch = titans.data.batches.get_batch
 
         def slow_get_batch(*args: Any, **kwargs: Any) -> torch.Tensor:
             time.sleep(delay)
             return get_batch(*args, **kwargs)
 
-        titans.train.get_batch = slow_get_batch  # the loop looks the name up at every batch
+        # The token source looks the name up at every batch.
+        titans.data.batches.get_batch = slow_get_batch
     summary = titans.train.train(
         TitansConfig.from_dict(spec["model"]),
         titans.train.TrainConfig(**spec["train"]),

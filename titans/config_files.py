@@ -26,6 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+# The sections of one run's config file, and of the comparison job's.
+RUN_SECTIONS = ("model", "train", "data", "eval")
+COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task")
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``3e-3`` (no dot) as a string; read it as the float everyone means."""
@@ -184,3 +188,14 @@ def check_sections(values: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown config sections {unknown}; valid sections: {list(allowed)}")
+
+
+def load_values(
+    path: str | Path | None, overrides: list[str] | None, sections: tuple[str, ...]
+) -> dict[str, Any]:
+    """The sections of the config file at ``path`` (none: empty) with the ``--set`` overrides
+    applied, checked against the ``sections`` a command accepts (e.g. :data:`RUN_SECTIONS`)."""
+    values = read_config_file(path) if path else {}
+    values = apply_overrides(values, overrides or [])
+    check_sections(values, sections)
+    return values

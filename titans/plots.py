@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from titans.io import atomic_write
-from titans.train import read_metrics
+from titans.runs import read_metrics
 
 _UNITS = ((1 << 20, "M"), (1 << 10, "K"))
 

@@ -1,15 +1,15 @@
 """Training: one readable loop from setup to checkpoint, single-process or data parallel.
 
-``train`` reads top to bottom: setup (devices, seeds, resume), data (``get_batch`` or another
-``BatchSource``, a pure function of the step), model, optimizer (AdamW, warmup + cosine), the
-loop (gradient accumulation, clipping), evaluation and checkpoints. A run resumed from its
-checkpoint continues bit for bit like one that was never interrupted: the batches depend only on
-the step, and the checkpoint holds the weights, the optimizer state and every RNG state.
+``train`` reads top to bottom: setup (devices, seeds, resume), data (a
+:class:`titans.data.batches.BatchSource`, a pure function of the step), model, optimizer (AdamW,
+warmup + cosine), the loop (gradient accumulation, clipping), evaluation and checkpoints. A run
+resumed from its checkpoint continues bit for bit like one that was never interrupted: the
+batches depend only on the step, and the checkpoint holds the weights, the optimizer state and
+every RNG state.
 
-Files in ``out_dir``: ``model.safetensors`` (weights; a tied LM head is stored once, as the
-embedding), ``config.json`` (``{"model": TitansConfig, "train": TrainConfig}``), ``trainer.pt``
-(optimizer, schedule, RNG states, step, tokens seen) and ``metrics.jsonl`` (one JSON record per
-logged step and per evaluation).
+Everything goes into the run directory ``out_dir`` (its files: :mod:`titans.runs`): the
+checkpoint (weights, configs and the trainer state: optimizer, schedule, RNG states, step, tokens
+seen) and the metrics log, one JSON record per logged step and per evaluation.
 
 A training record holds ``step``, ``tokens``, ``loss``, ``lr``, ``grad_norm`` (before clipping),
 ``tokens_per_s`` and ``elapsed`` (s), and for models with a neural memory its health in that step
@@ -25,70 +25,31 @@ before the optimizer takes the step, so no diverged weights are saved.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
-import json
 import math
 import os
 import random
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from titans import distributed
+from titans import distributed, runs
 from titans.checks import check_number
+from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
-from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TRAINER_FILE = "trainer.pt"
-METRICS_FILE = "metrics.jsonl"
-# A checkpoint is three files, so it is first written here and then moved into out_dir; see
-# ``_commit_checkpoint``.
-STAGING_DIR = ".checkpoint-staging"
+from titans.tracking import TrainingLog, check_trackers_installed
 
 DTYPES = ("auto", "float32", "bfloat16")
-
-
-class BatchSource(Protocol):
-    """Where training batches come from when they are not windows of one token stream (e.g.
-    :class:`titans.evals.tasks.TaskBatches`). Must be a pure function of its arguments, like
-    :func:`get_batch`, so that a resumed run sees the data of an uninterrupted one.
-
-    Returns ``(input_ids, labels)``, both [batch_size, seq_len] int64; ``labels[:, t]`` is the
-    target of position t - 1 (as in :meth:`TitansLM.forward`), -100 where nothing is scored.
-    """
-
-    def __call__(
-        self, seq_len: int, batch_size: int, step: int, seed: int, rank: int, world_size: int
-    ) -> tuple[Tensor, Tensor]: ...
-
-
-def _token_batches(tokens: np.ndarray) -> BatchSource:
-    """The language-modelling source of a token stream: ``get_batch`` rows, scored everywhere."""
-
-    def source(seq_len: int, batch_size: int, step: int, seed: int, rank: int,
-               world_size: int) -> tuple[Tensor, Tensor]:
-        batch = get_batch(tokens, seq_len, batch_size, step, seed, rank, world_size)
-        return batch, batch
-
-    return source
 
 
 @dataclass
@@ -168,60 +129,6 @@ def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str)
 
 
 # --------------------------------------------------------------------------------------------
-# Data
-
-
-def get_batch(
-    tokens: np.ndarray,
-    seq_len: int,
-    batch_size: int,
-    step: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Tensor:
-    """Rows of global batch ``step`` for process ``rank``: [batch_size, seq_len] int64 (CPU).
-
-    The stream is cut into ``n = (len(tokens) - 1) // seq_len`` consecutive sequences (documents
-    are separated by the EOS tokens packed into the stream). Epoch ``e`` visits them in a
-    permutation seeded by ``(seed, e)``; global batch ``step`` is rows
-    ``[step * B * W, (step + 1) * B * W)`` of the concatenated epochs and rank ``r`` takes the
-    ``r``-th block of ``B`` of them, so the ranks' rows together are the world-size-1 batch of
-    ``B * W`` rows. A pure function of its arguments: a resumed run sees exactly the data of an
-    uninterrupted one.
-    """
-    _check_token_array("tokens", tokens)
-    for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
-                             ("step", step, 0), ("seed", seed, 0), ("world_size", world_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
-    num_seqs = (len(tokens) - 1) // seq_len
-    if num_seqs < 1:
-        raise ValueError(
-            f"need at least seq_len + 1 = {seq_len + 1} tokens for one sequence, got {len(tokens)}"
-        )
-    rows = (step * world_size + rank) * batch_size + np.arange(batch_size)
-    epochs = rows // num_seqs
-    seqs = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(epochs):  # a batch may straddle an epoch boundary (or several)
-        here = epochs == epoch
-        seqs[here] = _epoch_order(num_seqs, seed, int(epoch))[rows[here] % num_seqs]
-    index = seqs[:, None] * seq_len + np.arange(seq_len)  # [batch_size, seq_len] positions
-    return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_seqs: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the sequences in one epoch; cached because every step of an epoch needs it
-    (read-only, so the cache cannot be corrupted by a caller)."""
-    order = np.random.default_rng((seed, epoch)).permutation(num_seqs)
-    order.setflags(write=False)
-    return order
-
-
-# --------------------------------------------------------------------------------------------
 # Optimizer and schedule
 
 
@@ -297,21 +204,22 @@ def train(
     """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
 
     train_tokens / val_tokens: 1-D integer arrays (e.g. a ``TokenFile``'s memmap), cut by
-    :func:`get_batch` and scored at every position, or a :class:`BatchSource` (e.g. task items
-    scored only at their answers); without val_tokens there is no evaluation. resume: continue
-    exactly from the checkpoint in out_dir (``FileNotFoundError`` if there is none, ``ValueError``
-    if it was trained with another model config, sequence length, global batch or optimizer
-    hyperparameters; ``max_steps`` and ``max_tokens`` may change, to extend a run). Without
-    resume, an out_dir that already holds a checkpoint is refused (``FileExistsError``) rather
-    than overwritten.
+    :func:`titans.data.batches.get_batch` and scored at every position, or a
+    :class:`BatchSource` (e.g. task items scored only at their answers); without val_tokens
+    there is no evaluation. resume: continue exactly from the checkpoint in out_dir
+    (``FileNotFoundError`` if there is none, ``ValueError`` if it was trained with another model
+    config, sequence length, global batch or optimizer hyperparameters; ``max_steps`` and
+    ``max_tokens`` may change, to extend a run). Without resume, an out_dir that already holds a
+    checkpoint is refused (``FileExistsError``) rather than overwritten.
 
     Every ``log_every`` steps a record goes to ``metrics.jsonl`` (and TensorBoard / W&B when
-    enabled): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``elapsed`` and, for a model
-    with a neural memory, ``memory_weight_norm_max``, ``memory_lr_max`` and
-    ``memory_momentum_max`` (see the module docstring); the progress bar shows the last three as
-    ``|W|``, ``theta`` and ``mom``. A non-finite loss or gradient norm at any step raises
-    ``FloatingPointError`` naming the step, the cause, the first parameter with a non-finite
-    gradient, the memory's health and the step of the checkpoint left in out_dir.
+    enabled; see :mod:`titans.tracking`): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``,
+    ``elapsed`` and, for a model with a neural memory, ``memory_weight_norm_max``,
+    ``memory_lr_max`` and ``memory_momentum_max`` (see the module docstring); the progress bar
+    shows the last three as ``|W|``, ``theta`` and ``mom``. A non-finite loss or gradient norm
+    at any step raises ``FloatingPointError`` naming the step, the cause, the first parameter
+    with a non-finite gradient, the memory's health and the step of the checkpoint left in
+    out_dir.
 
     Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
     and saves (the memory health it logs is of its own batches). Returns the summary
@@ -323,10 +231,10 @@ def train(
         raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    train_source = _batch_source("train_tokens", train_tokens, train_config.seq_len)
+    train_source = as_batch_source("train_tokens", train_tokens, train_config.seq_len)
     val_source = None
     if val_tokens is not None:
-        val_source = _batch_source("val_tokens", val_tokens, train_config.seq_len)
+        val_source = as_batch_source("val_tokens", val_tokens, train_config.seq_len)
     env = distributed.setup(train_config.device)
     try:
         return _train(model_config, train_config, train_source, val_source, resume, env)
@@ -349,12 +257,12 @@ def _train(
     tokens_per_step = cfg.seq_len * cfg.batch_size * cfg.grad_accum * env.world_size
     _seed_everything(cfg.seed)
     amp_dtype = _amp_dtype(cfg.dtype, env.device)
-    _Trackers.check_installed(cfg)  # fail before any work if an enabled logger is missing
+    check_trackers_installed(cfg)  # fail before any work if an enabled tracker is missing
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
+        runs.commit_checkpoint(out_dir)  # finish (or discard) a save that a crash interrupted
     distributed.barrier(env)  # the others read the checkpoint only once it is whole
-    if not resume and (out_dir / TRAINER_FILE).exists():
+    if not resume and runs.has_checkpoint(out_dir):
         raise FileExistsError(
             f"{out_dir} already holds a checkpoint: pass resume=True (--resume on the command "
             "line) to continue it, or choose another out_dir"
@@ -389,13 +297,8 @@ def _train(
             step_model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
 
-    # ---- logging
-    metrics = _MetricsLog(out_dir / METRICS_FILE, keep_until=progress.step) if env.is_main else None
-    trackers = _Trackers(cfg, model_config, progress.step, enabled=env.is_main)
-    bar = tqdm(
-        total=num_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-        disable=not (cfg.progress and env.is_main and sys.stderr.isatty()),
-    )
+    # ---- logging: metrics.jsonl, trackers, progress (rank 0)
+    log = TrainingLog(cfg, model_config, progress.step, num_steps, enabled=env.is_main)
 
     # ---- loop
     window_tokens, window_time = 0, 0.0  # for tokens/s of each logged window
@@ -408,24 +311,8 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        loss_sum = torch.zeros((), device=env.device)
-        health = MemoryHealth(step_model)  # the memory's health, over this step's micro-batches
-        for micro in range(cfg.grad_accum):
-            batch, labels = (t.to(env.device) for t in train_source(
-                cfg.seq_len, cfg.batch_size, progress.step * cfg.grad_accum + micro,
-                cfg.seed, env.rank, env.world_size,
-            ))
-            # DDP averages gradients over processes only on the last micro-batch's backward.
-            last_micro = micro == cfg.grad_accum - 1
-            sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
-            with sync:
-                with health, torch.autocast(env.device.type, amp_dtype,
-                                            enabled=amp_dtype is not None):
-                    loss = step_model(batch, labels=labels, return_logits=False).loss
-                    loss = loss / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
-        train_loss = distributed.all_reduce_mean(loss_sum, env)
+        train_loss, health = _accumulate_gradients(step_model, train_source, progress.step, cfg,
+                                                   env, amp_dtype)
         with_grad = [p for p in model.parameters() if p.grad is not None]
         grad_norm = _grad_norm(with_grad)  # the same on every process: DDP averaged the gradients
         # One read of the device per step: a non-finite loss or gradient stops the run before
@@ -459,20 +346,9 @@ def _train(
                 "tokens_per_s": window_tokens / window_time, "elapsed": elapsed(),
             }
             window_tokens, window_time = 0, 0.0
-            shown = _health_fields(record)
-            bar.set_postfix({"loss": f"{record['loss']:.4f}", **shown,
-                             "tok_s": f"{record['tokens_per_s']:.0f}"},
-                            refresh=False)  # shown by the update below
-            if bar.disable and cfg.progress and env.is_main:
-                # No terminal (a log file, CI): one plain line per record instead of the bar.
-                eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
-                memory = "".join(f"{k} {v}  " for k, v in shown.items())
-                print(f"step {progress.step}/{num_steps}  loss {record['loss']:.4f}  {memory}"
-                      f"{record['tokens_per_s']:.0f} tok/s  eta {eta / 60:.1f} min", flush=True)
-            if metrics is not None:
-                metrics.write(record)
-            trackers.log(record)
-        bar.update(1)
+            eta = (num_steps - progress.step) * train_time / (progress.step - first_step)
+            log.train_record(record, eta)
+        log.step_done()
 
         # ---- eval
         if val_source is not None and (progress.step % cfg.eval_every == 0 or last_step):
@@ -480,16 +356,8 @@ def _train(
             progress.final_val_loss = val_loss
             if progress.best_val_loss is None or val_loss < progress.best_val_loss:
                 progress.best_val_loss = val_loss
-            record = {
-                "step": progress.step, "tokens": progress.tokens, "val_loss": val_loss,
-                "elapsed": elapsed(),
-            }
-            if metrics is not None:
-                metrics.write(record)
-            trackers.log(record)
-            if bar.disable and cfg.progress and env.is_main:
-                print(f"step {progress.step}/{num_steps}  validation loss {val_loss:.4f}",
-                      flush=True)
+            log.eval_record({"step": progress.step, "tokens": progress.tokens,
+                             "val_loss": val_loss, "elapsed": elapsed()})
 
         # ---- checkpoint
         if save_now:
@@ -499,8 +367,7 @@ def _train(
             saved_step = progress.step
             distributed.barrier(env)
 
-    bar.close()
-    trackers.close()
+    log.close()
     progress.elapsed = elapsed()
     steps_run = progress.step - first_step
     tokens_per_s = None
@@ -519,6 +386,38 @@ def _train(
         "wall_time": progress.elapsed,
         "out_dir": str(out_dir),
     }
+
+
+def _accumulate_gradients(
+    step_model: nn.Module,
+    source: BatchSource,
+    step: int,
+    cfg: TrainConfig,
+    env: DistEnv,
+    amp_dtype: torch.dtype | None,
+) -> tuple[Tensor, MemoryHealth]:
+    """Forward and backward passes of optimizer step ``step``'s ``cfg.grad_accum`` micro-batches
+    (gradients summed into the parameters, averaged over processes by DDP). Returns the step's
+    mean loss over all processes (0-d, on the device) and the memory's health over its forward
+    passes."""
+    loss_sum = torch.zeros((), device=env.device)
+    health = MemoryHealth(step_model)
+    for micro in range(cfg.grad_accum):
+        batch, labels = (t.to(env.device) for t in source(
+            cfg.seq_len, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed, env.rank,
+            env.world_size,
+        ))
+        # DDP averages gradients over processes only on the last micro-batch's backward.
+        last_micro = micro == cfg.grad_accum - 1
+        sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
+        with sync:
+            with health, torch.autocast(env.device.type, amp_dtype,
+                                        enabled=amp_dtype is not None):
+                loss = step_model(batch, labels=labels, return_logits=False).loss
+                loss = loss / cfg.grad_accum
+            loss.backward()
+        loss_sum += loss.detach()
+    return distributed.all_reduce_mean(loss_sum, env), health
 
 
 @torch.no_grad()
@@ -546,27 +445,6 @@ def _evaluate(
             total += model(batch, labels=labels, return_logits=False).loss.float()
     model.train(was_training)
     return distributed.all_reduce_mean(total / cfg.eval_batches, env).item()
-
-
-def _check_token_array(name: str, tokens: Any) -> None:
-    if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
-        raise ValueError(
-            f"{name} must be a 1-D integer numpy array, got {type(tokens).__name__} "
-            f"{getattr(tokens, 'dtype', '')} {getattr(tokens, 'shape', '')}"
-        )
-
-
-def _batch_source(name: str, tokens: Any, seq_len: int) -> BatchSource:
-    """A callable source as it is; a token stream checked (before any setup, so a stream
-    ``get_batch`` could not cut fails early) and wrapped by :func:`_token_batches`."""
-    if callable(tokens):
-        return tokens
-    _check_token_array(name, tokens)
-    if len(tokens) < seq_len + 1:
-        raise ValueError(
-            f"{name} has {len(tokens)} tokens; seq_len {seq_len} needs at least {seq_len + 1}"
-        )
-    return _token_batches(tokens)
 
 
 def _seed_everything(seed: int) -> None:
@@ -616,15 +494,6 @@ def _first_nonfinite_grad(model: nn.Module) -> str | None:
     return None
 
 
-# How the memory's health shows in the progress bar and the plain progress line.
-_HEALTH_LABELS = {WEIGHT_NORM_KEY: "|W|", LR_KEY: "theta", MOMENTUM_KEY: "mom"}
-
-
-def _health_fields(values: dict[str, Any]) -> dict[str, str]:
-    """The memory health values present in ``values``, compact: ``{"|W|": "12.3", ...}``."""
-    return {label: f"{values[key]:.3g}" for key, label in _HEALTH_LABELS.items() if key in values}
-
-
 def _divergence_message(
     step: int,
     loss: Tensor,
@@ -662,7 +531,7 @@ def _divergence_message(
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints (the files: titans.runs)
 
 
 def _save_checkpoint(
@@ -674,20 +543,8 @@ def _save_checkpoint(
     num_steps: int,
     world_size: int,
 ) -> None:
-    """Write weights, configs and trainer state into ``out_dir`` as one atomic unit.
-
-    The three files are written (each atomically) into a staging directory, ``trainer.pt``
-    last, and then moved into ``out_dir``; a crash at any point leaves either the previous
-    checkpoint or, once the staging is complete, one that the next run finishes moving in.
-    """
-    staging = out_dir / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed in this session
-    staging.mkdir(parents=True)
-    with atomic_write(staging / WEIGHTS_FILE) as f:
-        f.write(safetensors.torch.save(_weights(model), metadata={"step": str(progress.step)}))
-    atomic_save_json(
-        {"model": model.config.to_dict(), "train": asdict(train_config)}, staging / CONFIG_FILE
-    )
+    """Save the weights, the configs and the trainer state: the progress, the optimizer state,
+    the schedule's parameters and every RNG's state (see :func:`titans.runs.save_checkpoint`)."""
     trainer_state = {
         **asdict(progress),
         "world_size": world_size,
@@ -696,71 +553,9 @@ def _save_checkpoint(
         "scheduler": {"kind": "warmup_cosine", "lr": train_config.lr, "total_steps": num_steps,
                       "warmup_steps": train_config.warmup_steps,
                       "min_lr_ratio": train_config.min_lr_ratio},
-        "rng": _rng_state(),
+        "rng": runs.rng_state(),
     }
-    with atomic_write(staging / TRAINER_FILE) as f:
-        torch.save(trainer_state, f)
-    _commit_checkpoint(out_dir)
-
-
-def _commit_checkpoint(out_dir: Path) -> None:
-    """Move a complete staged checkpoint into ``out_dir``, or discard an incomplete one.
-
-    The staging is complete once it holds ``trainer.pt`` (written last, atomically), which is
-    also moved last: so this can be re-run after a crash at any point of it.
-    """
-    staging = out_dir / STAGING_DIR
-    if not staging.exists():
-        return
-    if (staging / TRAINER_FILE).exists():
-        for name in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE):
-            if (staging / name).exists():  # absent: already moved before a crash
-                os.replace(staging / name, out_dir / name)
-    shutil.rmtree(staging)
-
-
-def _weights(model: TitansLM) -> dict[str, Tensor]:
-    """The state dict for safetensors, which refuses shared tensors: a tied LM head is the
-    embedding matrix, stored once (as ``embed_tokens.weight``)."""
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:
-        del state["lm_head.weight"]
-    return {name: t.detach().cpu().contiguous() for name, t in state.items()}
-
-
-def _load_weights(model: TitansLM, path: Path) -> None:
-    """Load ``model.safetensors`` into ``model`` in place. The model's constructor ties the LM
-    head to the embedding and loading copies into the existing tensors, so the tie survives."""
-    state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    expected_missing = ["lm_head.weight"] if model.config.tie_word_embeddings else []
-    if sorted(missing) != expected_missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the model: missing {sorted(set(missing) - {*expected_missing})}"
-            f", unexpected {sorted(unexpected)}"
-        )
-
-
-def _read_config(out_dir: Path) -> dict[str, Any]:
-    """The checkpoint's config.json. Read-only: a reader may run while a training process is
-    saving, so only training itself repairs an interrupted save (``_commit_checkpoint``)."""
-    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE) if not (out_dir / n).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
-            "save_every steps and at its end)"
-        )
-    return json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-
-
-def load_checkpoint(out_dir: str | Path) -> tuple[TitansLM, dict[str, Any]]:
-    """The model saved in ``out_dir`` (on CPU, in eval mode) and its config dict
-    ``{"model": TitansConfig fields, "train": TrainConfig fields}``."""
-    out_dir = Path(out_dir)
-    config = _read_config(out_dir)
-    model = TitansLM(TitansConfig.from_dict(config["model"]))
-    _load_weights(model, out_dir / WEIGHTS_FILE)
-    return model.eval(), config
+    runs.save_checkpoint(out_dir, model, asdict(train_config), trainer_state)
 
 
 # A resumed run must follow the same trajectory as the interrupted one, so these must match.
@@ -777,7 +572,7 @@ def _load_trainer_state(
     optimizer: torch.optim.Optimizer,
 ) -> _Progress:
     """Restore weights, optimizer state and RNG states from ``out_dir``; return the progress."""
-    saved = _read_config(out_dir)
+    saved = runs.read_config(out_dir)
     saved_model = TitansConfig.from_dict(saved["model"]).to_dict()
     wanted_model = model_config.to_dict()
     if saved_model != wanted_model:
@@ -786,7 +581,7 @@ def _load_trainer_state(
         raise ValueError(
             f"the checkpoint in {out_dir} is of another model config ((saved, requested): {diff})"
         )
-    trainer = torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
+    trainer = runs.read_trainer_state(out_dir)
     saved_train = saved["train"]
     diff = {k: (saved_train[k], getattr(cfg, k)) for k in _RESUME_FIELDS
             if saved_train[k] != getattr(cfg, k)}
@@ -799,120 +594,7 @@ def _load_trainer_state(
             f"cannot resume {out_dir} exactly with other training settings ((saved, requested): "
             f"{diff}); start a new run in another out_dir instead"
         )
-    _load_weights(model, out_dir / WEIGHTS_FILE)
+    runs.load_weights(model, out_dir)
     optimizer.load_state_dict(trainer["optimizer"])
-    _set_rng_state(trainer["rng"])
+    runs.set_rng_state(trainer["rng"])
     return _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG's state, as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(key.copy()), pos, has_gauss, cached_gaussian),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, key, pos, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((name, key.numpy(), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        count = min(len(state["cuda"]), torch.cuda.device_count())
-        torch.cuda.set_rng_state_all(state["cuda"][:count])
-
-
-# --------------------------------------------------------------------------------------------
-# Logging
-
-
-class _MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, appended as training goes.
-
-    On (re)start, records after step ``keep_until`` are dropped (and a line cut by a crash), so a
-    resumed run continues the file without duplicate steps.
-    """
-
-    def __init__(self, path: Path, keep_until: int) -> None:
-        self.path = path
-        kept = [r for r in read_metrics(path) if r["step"] <= keep_until]
-        with atomic_write(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-
-    def write(self, record: dict[str, Any]) -> None:
-        # Appending a line is not atomic, but a crash can only cut the last line, which the next
-        # start drops; rewriting the whole file per record would cost O(records) each time.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (empty if it does not exist); a line cut by a crash is
-    skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-class _Trackers:
-    """Optional TensorBoard / Weights & Biases logging (rank 0), imported only when enabled."""
-
-    def __init__(
-        self, cfg: TrainConfig, model_config: TitansConfig, start_step: int, enabled: bool
-    ) -> None:
-        self.tensorboard: Any = None
-        self.wandb: Any = None
-        if not enabled:
-            return
-        out_dir = Path(cfg.out_dir)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # purge_step drops events a resumed run is about to log again.
-            self.tensorboard = SummaryWriter(
-                str(out_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None
-            )
-        if cfg.wandb:
-            import wandb
-
-            # A resumed run starts a new W&B run; its steps continue from the checkpoint.
-            self.wandb = wandb.init(
-                project=os.environ.get("WANDB_PROJECT", "titans-lm"), name=out_dir.name,
-                dir=str(out_dir), config={"model": model_config.to_dict(), "train": asdict(cfg)},
-            )
-
-    @staticmethod
-    def check_installed(cfg: TrainConfig) -> None:
-        """Raise a clear ImportError for an enabled logger whose package is missing; checked on
-        every process, so none is left waiting for a rank 0 that failed."""
-        for enabled, module, extra in ((cfg.tensorboard, "tensorboard", "tensorboard"),
-                                       (cfg.wandb, "wandb", "wandb")):
-            if enabled and importlib.util.find_spec(module) is None:
-                raise ImportError(
-                    f"{extra}=True needs the {module} package: pip install 'titans-lm[{extra}]'"
-                )
-
-    def log(self, record: dict[str, Any]) -> None:
-        values = {k: v for k, v in record.items() if k != "step"}
-        if self.tensorboard is not None:
-            for name, value in values.items():
-                self.tensorboard.add_scalar(name, value, record["step"])
-        if self.wandb is not None:
-            self.wandb.log(values, step=record["step"])
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.wandb is not None:
-            self.wandb.finish()

@@ -89,6 +89,12 @@ def test_load_bpe_trains_once_per_corpus_and_vocab(tmp_path, monkeypatch):
     assert calls[-1] == 8192
 
 
+@pytest.mark.parametrize(("spec", "size"), [("bpe", 8192), ("bpe:300", 300), ("bpe:x", None),
+                                            ("mistral", None), ("bpe300.json", None)])
+def test_bpe_vocab_size_reads_the_spec(spec, size):
+    assert tokenizer_module.bpe_vocab_size(spec) == size
+
+
 @pytest.mark.parametrize(("spec", "kwargs", "error", "match"), [
     ("bpe", {}, ValueError, "pass corpus="),
     ("bpe:x", {}, ValueError, "unknown tokenizer"),

@@ -2,10 +2,7 @@
 (a full forward over context + tokens so far for every new token) for every variant, whatever
 the piece length, and rejects mixed lengths; evaluate_task's rows (order, counts, accuracy
 against score(), bAbI rows, batching, full-attention skipping, training mode restored, errors)
-with answer_items replaced by a fake of known correctness, plus one real run on a tiny model;
-PeakMemory measures the peak resident set size of its block."""
-
-from pathlib import Path
+with answer_items replaced by a fake of known correctness, plus one real run on a tiny model."""
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ import torch
 from titans import TitansConfig, TitansLM
 from titans.data import train_bpe
 from titans.evals import long_context
-from titans.evals.long_context import PeakMemory, answer_items, evaluate_task
+from titans.evals.long_context import answer_items, evaluate_task
 from titans.evals.tasks import TaskGenerator, score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -257,36 +254,3 @@ def test_evaluate_task_real_run(generator, tokenizer):
         assert row["tokens_per_s"] > 0 and row["peak_memory_mib"] > 0
         assert row["memory_kind"] == "rss" and row["skipped"] is None
     assert not model.training
-
-
-# ----------------------------------------------------------------------------- PeakMemory
-
-
-def rss_mib():
-    """Current resident set size, read independently of PeakMemory."""
-    status = Path("/proc/self/status").read_text()
-    kib = next(int(line.split()[1]) for line in status.splitlines()
-               if line.startswith("VmRSS:"))
-    return kib / 1024
-
-
-def test_peak_memory_sees_a_freed_allocation():
-    before = rss_mib()
-    with PeakMemory(torch.device("cpu")) as memory:
-        block = torch.ones(50_000_000)  # 200 MB, every page touched
-        assert float(block[::4096].sum()) == len(block[::4096])
-        del block
-    assert memory.kind == "rss"
-    assert memory.peak_mib >= before + 150
-
-
-def test_peak_memory_of_an_idle_block_is_the_current_rss():
-    with PeakMemory(torch.device("cpu")) as warm:  # a big peak first, which must not carry over
-        block = torch.ones(50_000_000)
-        del block
-    before = rss_mib()
-    with PeakMemory(torch.device("cpu")) as memory:
-        pass
-    after = rss_mib()
-    assert memory.kind == warm.kind == "rss"
-    assert min(before, after) - 10 <= memory.peak_mib <= max(before, after) + 10

@@ -147,6 +147,40 @@ def test_losses_false_and_default_logits_give_none():
     assert all(p.losses is not None for p in stream(model, ids, 9))
 
 
+@pytest.mark.parametrize("variant", ["mac", "transformer"])
+@pytest.mark.parametrize("keep", [1, 3, 12])
+def test_logits_to_keep_gives_the_last_positions_of_each_piece(variant, keep):
+    """logits_to_keep=k: each piece's logits are the full pass's at its last min(n, k)
+    positions, and the states are those of a stream that computes every logit."""
+    model = model_for(variant)
+    ids = token_ids()
+    full_logits = model(ids).logits
+    pieces = list(stream(model, ids, 5, losses=False, logits=True, logits_to_keep=keep))
+    every = list(stream(model, ids, 5, losses=False))
+    assert [p.start for p in pieces] == list(range(0, N, 5))
+    for p, q in zip(pieces, every, strict=True):
+        end = p.start + p.input_ids.shape[1]
+        kept = min(keep, p.input_ids.shape[1])
+        assert p.losses is None and p.logits.shape == (1, kept, VOCAB)
+        assert_close(p.logits, full_logits[:, end - kept:end])
+        assert p.state.position == q.state.position == end
+    nxt = ids[:, :1]  # the carried states continue the stream alike
+    assert_close(model(nxt, pieces[-1].state).logits, model(nxt, every[-1].state).logits)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"logits_to_keep": 1}, "losses=False"),
+    ({"losses": False, "logits_to_keep": -1}, "logits_to_keep"),
+    ({"losses": False, "logits_to_keep": True}, "logits_to_keep"),
+    ({"losses": False, "logits_to_keep": 1.0}, "logits_to_keep"),
+])
+def test_logits_to_keep_errors(kwargs, message):
+    """The losses need every position's logits; logits_to_keep is an int >= 0. Both raise when
+    stream() is called."""
+    with pytest.raises(ValueError, match=message):
+        stream(model_for("lmm"), token_ids(), 5, **kwargs)
+
+
 @pytest.mark.parametrize("variant", ["mac", "mag", "lmm"])
 @pytest.mark.parametrize("k", [1, 13, 24])
 def test_continue_from_a_state(variant, k):

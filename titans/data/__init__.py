@@ -6,6 +6,9 @@ Typical use::
     tokenizer = load_tokenizer("bpe", corpus)       # or "mistral", "<path>.json", "<path>.model"
     files = prepare_data(corpus, tokenizer)         # {"train", "validation", "test"} -> TokenFile
     files["train"].tokens                           # 1-D memmap of token ids, EOS between docs
+
+Also here, imported from their modules: :mod:`titans.data.pipeline` (a config file's data section
+to tokenizer and token files) and :mod:`titans.data.batches` (training batches, which need torch).
 """
 
 from titans.data.corpus import (

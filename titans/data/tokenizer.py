@@ -125,6 +125,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, path: Path) -> Tokenizer:
     return Tokenizer.from_file(path, name=f"bpe{vocab_size}")
 
 
+def bpe_vocab_size(spec: str) -> int | None:
+    """The vocabulary size of a ``"bpe"`` / ``"bpe:<vocab>"`` tokenizer spec (without training
+    it); None for any other spec."""
+    match = re.fullmatch(r"bpe(?::(\d+))?", spec)
+    return int(match.group(1) or DEFAULT_BPE_VOCAB) if match else None
+
+
 def load_tokenizer(spec: str, corpus: Corpus | None = None, cache: Path | None = None) -> Tokenizer:
     """The tokenizer named by ``spec``:
 
@@ -140,11 +147,10 @@ def load_tokenizer(spec: str, corpus: Corpus | None = None, cache: Path | None =
     ``cache`` defaults to :func:`~titans.io.cache_dir`.
     """
     root = cache if cache is not None else cache_dir()
-    match = re.fullmatch(r"bpe(?::(\d+))?", spec)
-    if match:
+    vocab_size = bpe_vocab_size(spec)
+    if vocab_size is not None:
         if corpus is None:
             raise ValueError(f"tokenizer {spec!r} is trained on a corpus; pass corpus=")
-        vocab_size = int(match.group(1) or DEFAULT_BPE_VOCAB)
         # Keyed by the training documents too, so a changed corpus never reuses a stale model.
         fingerprint = fingerprint_documents(corpus.train)[:16]
         path = (root / "tokenizers" /

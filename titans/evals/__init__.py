@@ -3,7 +3,7 @@ long-context tasks (needle-in-a-haystack, bAbI-style reasoning) streamed to any 
 
 from titans.evals.babi import BABI_TASKS, Story, generate_story
 from titans.evals.generation import TextTokenizer, generate_text
-from titans.evals.long_context import PeakMemory, answer_items, evaluate_task
+from titans.evals.long_context import answer_items, evaluate_task
 from titans.evals.perplexity import evaluate_perplexity
 from titans.evals.tasks import (
     NEEDLE_TASKS,
@@ -16,7 +16,7 @@ from titans.evals.tasks import (
 )
 
 __all__ = [
-    "BABI_TASKS", "NEEDLE_TASKS", "TASKS", "Haystack", "PeakMemory", "Story", "TaskBatches",
-    "TaskGenerator", "TaskItem", "TextTokenizer", "answer_items", "evaluate_perplexity",
-    "evaluate_task", "generate_story", "generate_text", "score",
+    "BABI_TASKS", "NEEDLE_TASKS", "TASKS", "Haystack", "Story", "TaskBatches", "TaskGenerator",
+    "TaskItem", "TextTokenizer", "answer_items", "evaluate_perplexity", "evaluate_task",
+    "generate_story", "generate_text", "score",
 ]

@@ -1,66 +1,28 @@
 """Accuracy of a model on long-context tasks, streaming each context with carried state.
 
-A context of any length is fed in pieces of ``piece_len`` tokens (only the last position's logits
-are computed), then the answer is decoded greedily one token at a time from the carried state and
-scored by exact match (:func:`titans.evals.tasks.score`). Items of one length are batched, so
-every row of a batch has the same number of tokens. Memory is constant in the context length for
+A context of any length is streamed in pieces of ``piece_len`` tokens (:func:`titans.stream`;
+only the last position's logits are computed), then the answer is decoded greedily one token at a
+time from the carried state (:meth:`TitansLM.generate`) and scored by exact match
+(:func:`titans.evals.tasks.score`). Items of one length are batched, so every row of a batch has
+the same number of tokens. Memory is constant in the context length for
 every variant but the full-attention baseline, whose KV cache grows with it: that one is skipped
 above ``max_full_attention_length`` and reported as not evaluated.
 """
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
+from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from titans.evals.tasks import NEEDLE_TASKS, TASKS, TaskGenerator, TaskItem, score
+from titans.machine import PeakMemory
 from titans.models.lm import TitansLM
-
-
-class PeakMemory:
-    """Peak memory of a ``with`` block, in MiB (``.peak_mib`` after the block).
-
-    On CUDA: the caching allocator's peak of allocated tensor memory (``kind="cuda_allocated"``).
-    On Linux CPU: the process's peak resident set size (``kind="rss"``): the kernel's high-water
-    mark VmHWM, reset to the current RSS when the block starts (``/proc/self/clear_refs``).
-    Elsewhere: ``getrusage``'s lifetime maximum (``kind="max_rss"``), which never goes down
-    between blocks.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib = 0.0
-        self.kind = "cuda_allocated" if device.type == "cuda" else (
-            "rss" if _CLEAR_REFS.exists() else "max_rss")
-
-    def __enter__(self) -> PeakMemory:
-        if self.kind == "cuda_allocated":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.kind == "rss":
-            _CLEAR_REFS.write_text("5")  # resets VmHWM to the current VmRSS
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.kind == "cuda_allocated":
-            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self.kind == "rss":
-            status = Path("/proc/self/status").read_text().splitlines()
-            self.peak_mib = next(int(line.split()[1]) for line in status
-                                 if line.startswith("VmHWM:")) / 2**10
-        else:
-            # ru_maxrss is in KiB on Linux and bytes on macOS.
-            scale = 2**20 if sys.platform == "darwin" else 2**10
-            self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+from titans.models.streaming import stream
 
 
 @torch.no_grad()
@@ -69,32 +31,24 @@ def answer_items(
 ) -> list[list[int]]:
     """Greedy continuation of each item's context: ``len(item.answer_ids)`` new token ids each.
 
-    The items must share one length; they run side by side as a [len(items), length] stream.
+    The items must share one length; they run side by side as a [len(items), length] stream
+    (``stream`` checks ``piece_len``).
     """
     if not items:
         return []
     lengths = {item.length for item in items}
     if len(lengths) != 1:
         raise ValueError(f"items of one batch must share a length, got {sorted(lengths)}")
-    if isinstance(piece_len, bool) or not isinstance(piece_len, int) or piece_len < 1:
-        raise ValueError(f"piece_len must be an int >= 1, got {piece_len!r}")
-    device = next(model.parameters()).device
-    contexts = np.stack([item.input_ids for item in items])  # [B, L]
-    state, out = None, None
-    for start in range(0, contexts.shape[1], piece_len):
-        piece = torch.from_numpy(contexts[:, start:start + piece_len]).to(device)
-        out = model(piece, state, logits_to_keep=1)
-        state = out.state
-    assert out is not None
+    contexts = torch.from_numpy(np.stack([item.input_ids for item in items]))  # [B, L]
+    # Only the last piece is kept (its state and the logits of the context's end): holding every
+    # piece would hold every piece's state, and memory would grow with the context.
+    (last,) = deque(stream(model, contexts, piece_len, losses=False, logits=True,
+                           logits_to_keep=1), maxlen=1)
     steps = max(len(item.answer_ids) for item in items)
-    new = []
-    for step in range(steps):
-        token = out.logits[:, -1].argmax(-1)
-        new.append(token)
-        if step + 1 < steps:
-            out = model(token[:, None], out.state, logits_to_keep=1)
-    generated = torch.stack(new, 1).tolist()
-    return [row[:len(item.answer_ids)] for row, item in zip(generated, items, strict=True)]
+    generated = last.logits[:, -1].argmax(-1, keepdim=True)  # [B, 1]: the first answer token
+    if steps > 1:
+        generated = model.generate(generated, steps - 1, temperature=0, state=last.state)
+    return [row[:len(item.answer_ids)] for row, item in zip(generated.tolist(), items, strict=True)]
 
 
 def evaluate_task(
@@ -119,8 +73,8 @@ def evaluate_task(
     Returns one row per cell, in order: ``task``, ``length``, ``depth`` (None for bAbI), ``items``,
     ``correct``, ``accuracy`` (None if not evaluated), ``tokens_per_s`` (context tokens of the
     whole length, all its cells, per second), ``peak_memory_mib`` and ``memory_kind`` (see
-    :class:`PeakMemory`; per length), ``skipped`` (why a length was not evaluated, else None) and
-    ``predictions`` (``[answer, greedy continuation]`` per item).
+    :class:`titans.machine.PeakMemory`; per length), ``skipped`` (why a length was not
+    evaluated, else None) and ``predictions`` (``[answer, greedy continuation]`` per item).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")

@@ -25,7 +25,8 @@ class StreamPiece:
     input_ids: [B, n] the tokens fed in this piece.
     losses: [B, m] ``-log p(next token)`` (float32 or wider) after each input token whose
         successor is known (m = n, except m = n - 1 at the end of the stream); None if not asked.
-    logits: [B, n, V], or None if not asked for.
+    logits: [B, n, V] (or [B, min(n, k), V], the last k positions, with ``logits_to_keep=k``),
+        or None if not asked for.
     state: the model state after this piece.
     """
 
@@ -70,6 +71,7 @@ def stream(
     state: TitansState | None = None,
     losses: bool = True,
     logits: bool = False,
+    logits_to_keep: int = 0,
 ) -> Iterator[StreamPiece]:
     """Feed ``tokens`` through ``model`` in pieces of ``piece_len`` tokens, carrying the state.
 
@@ -77,12 +79,22 @@ def stream(
     an iterable of [B, m] / [m] tensors (e.g. a memory-mapped file read in blocks). Pieces run
     under ``torch.no_grad()``; the memory keeps learning. Splitting a stream into pieces
     gives the logits of one pass, so ``piece_len`` trades speed for memory only.
+    logits_to_keep: run the LM head only on the last this many positions of each piece (0 = all),
+    as :meth:`TitansLM.forward` does; e.g. 1 to read a long context and decode from its end.
+    The losses need every position's logits, so it requires ``losses=False``.
     """
     if isinstance(piece_len, bool) or not isinstance(piece_len, int) or piece_len < 1:
         raise ValueError(f"piece_len must be an int >= 1, got {piece_len!r}")
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or (
+            logits_to_keep < 0):
+        raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+    if losses and logits_to_keep:
+        raise ValueError("the losses need the logits of every position: pass losses=False with "
+                         "logits_to_keep")
     if isinstance(tokens, Tensor):
         _as_batch(tokens)  # shape errors now, not at the first piece
-    return _pieces(model, _chunks(tokens, piece_len), piece_len, state, losses, logits)
+    return _pieces(model, _chunks(tokens, piece_len), piece_len, state, losses, logits,
+                   logits_to_keep)
 
 
 def _pieces(
@@ -92,6 +104,7 @@ def _pieces(
     state: TitansState | None,
     losses: bool,
     logits: bool,
+    logits_to_keep: int,
 ) -> Iterator[StreamPiece]:
     device = next(model.parameters()).device
     buffer: Tensor | None = None
@@ -111,7 +124,7 @@ def _pieces(
                 return
             ids = buffer[:, :piece_len]
             targets = buffer[:, 1:piece_len + 1]
-            out = model(ids, state)
+            out = model(ids, state, logits_to_keep=logits_to_keep)
             piece_losses = None
             if losses:
                 n = targets.shape[1]

@@ -1,0 +1,166 @@
+"""titans.runs: the run directory's files, checkpoints saved atomically and loaded back (tied head
+stored once), interrupted saves repaired, RNG states, the metrics log, the data config and the
+evaluation results. (Checkpoints inside training runs: tests/test_train.py.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import torch
+
+from titans import TitansConfig, TitansLM
+from titans.config_files import DataConfig
+from titans.runs import (
+    CONFIG_FILE,
+    DATA_FILE,
+    EVAL_FILE,
+    METRICS_FILE,
+    STAGING_DIR,
+    TRAINER_FILE,
+    WEIGHTS_FILE,
+    MetricsLog,
+    commit_checkpoint,
+    has_checkpoint,
+    load_checkpoint,
+    load_weights,
+    read_config,
+    read_data_config,
+    read_metrics,
+    read_trainer_state,
+    rng_state,
+    save_checkpoint,
+    save_data_config,
+    save_eval_results,
+    set_rng_state,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_model(**overrides) -> TitansLM:
+    torch.manual_seed(0)
+    values = dict(variant="mac", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=2,
+                  segment_len=16, chunk_size=4)
+    return TitansLM(TitansConfig(**{**values, **overrides}))
+
+
+def save(out: Path, model: TitansLM, step: int = 3) -> dict:
+    trainer = {"step": step, "tokens": 96, "optimizer": {"lr": torch.tensor([0.5])}}
+    save_checkpoint(out, model, {"seq_len": 8, "lr": 0.1}, trainer)
+    return trainer
+
+
+def test_the_file_names_are_the_documented_layout():
+    assert (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE, METRICS_FILE, DATA_FILE, EVAL_FILE) == (
+        "model.safetensors", "config.json", "trainer.pt", "metrics.jsonl", "data.json",
+        "eval.json")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_checkpoint_loads_back_as_it_was_saved(tmp_path, tied):
+    model = tiny_model(tie_word_embeddings=tied)
+    out = tmp_path / "run"
+    assert not has_checkpoint(out)
+    trainer = save(out, model)
+    assert has_checkpoint(out) and not (out / STAGING_DIR).exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([WEIGHTS_FILE, CONFIG_FILE,
+                                                            TRAINER_FILE])
+    with safetensors.safe_open(out / WEIGHTS_FILE, "pt") as f:
+        assert f.metadata() == {"step": "3"}
+        names = set(f.keys())
+    assert ("lm_head.weight" in names) is not tied  # a tied head is stored once
+    loaded, config = load_checkpoint(out)
+    assert config == {"model": model.config.to_dict(), "train": {"seq_len": 8, "lr": 0.1}}
+    assert read_config(out) == config
+    assert not loaded.training
+    assert (loaded.lm_head.weight is loaded.embed_tokens.weight) is tied
+    expected = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    state = read_trainer_state(out)
+    assert state.keys() == trainer.keys() and state["step"] == 3
+    assert torch.equal(state["optimizer"]["lr"], trainer["optimizer"]["lr"])
+
+
+def test_without_a_checkpoint_reading_names_the_missing_files(tmp_path):
+    message = f"no checkpoint in {tmp_path}: missing model.safetensors, config.json, trainer.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        read_config(tmp_path)
+    save(tmp_path, tiny_model())
+    (tmp_path / TRAINER_FILE).unlink()  # mid-commit, as a reader may see it
+    with pytest.raises(FileNotFoundError, match=r"missing trainer\.pt \("):
+        load_checkpoint(tmp_path)
+
+
+def test_weights_of_another_model_are_refused(tmp_path):
+    save(tmp_path, tiny_model())
+    with pytest.raises(ValueError, match=r"model\.safetensors does not match the model: missing "
+                                         r"\[\], unexpected \['layers\.1\."):
+        load_weights(tiny_model(num_hidden_layers=1), tmp_path)
+
+
+def test_an_interrupted_save_is_discarded_or_rolled_forward(tmp_path):
+    save(tmp_path, tiny_model(), step=2)
+    # Incomplete staging (no trainer.pt yet): discarded, the old checkpoint stays.
+    staging = tmp_path / STAGING_DIR
+    staging.mkdir()
+    (staging / WEIGHTS_FILE).write_bytes(b"half a file")
+    commit_checkpoint(tmp_path)
+    assert not staging.exists() and read_trainer_state(tmp_path)["step"] == 2
+    load_checkpoint(tmp_path)
+    # Complete staging whose weights were already moved in: the rest is moved in.
+    staging.mkdir()
+    (tmp_path / TRAINER_FILE).rename(staging / TRAINER_FILE)
+    (tmp_path / CONFIG_FILE).rename(staging / CONFIG_FILE)
+    assert not has_checkpoint(tmp_path)
+    commit_checkpoint(tmp_path)
+    assert not staging.exists() and has_checkpoint(tmp_path)
+    assert read_trainer_state(tmp_path)["step"] == 2
+    commit_checkpoint(tmp_path)  # nothing staged: nothing to do
+
+
+def test_rng_states_restore_every_generator():
+    def draws() -> tuple:
+        return random.random(), np.random.rand(), torch.rand(()).item()
+
+    state = rng_state()
+    first = draws()
+    buffer = io.BytesIO()  # as in trainer.pt: plain values and tensors only
+    torch.save(state, buffer)
+    buffer.seek(0)
+    set_rng_state(torch.load(buffer, weights_only=True))
+    assert draws() == first
+
+
+def test_the_metrics_log_continues_without_duplicates(tmp_path):
+    log = MetricsLog(tmp_path, keep_until=0)
+    assert log.path == tmp_path / METRICS_FILE and read_metrics(log.path) == []
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    with open(log.path, "a", encoding="utf-8") as f:
+        f.write('{"step": 4, "lo')  # a line cut by a crash
+    assert [r["step"] for r in read_metrics(log.path)] == [1, 2, 3]
+    resumed = MetricsLog(tmp_path, keep_until=2)  # the checkpoint was of step 2
+    resumed.write({"step": 3, "loss": 0.25})
+    assert read_metrics(log.path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5},
+                                      {"step": 3, "loss": 0.25}]
+    assert read_metrics(tmp_path / "absent.jsonl") == []
+
+
+def test_the_data_config_and_the_evaluation_are_kept_in_the_run(tmp_path):
+    data = DataConfig(source="docs/", tokenizer="bpe:300")
+    save_data_config(tmp_path / "run", data)
+    assert read_data_config(tmp_path / "run") == data
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path} has no data.json: was it trained")):
+        read_data_config(tmp_path)
+    rows = [{"context_length": 16, "ppl": 2.5}]
+    save_eval_results(tmp_path / "run", "test", rows)
+    assert json.loads((tmp_path / "run" / EVAL_FILE).read_text()) == {"split": "test",
+                                                                      "results": rows}

@@ -1,0 +1,160 @@
+"""Models trained side by side on the same data and token budget, then evaluated and tabulated
+(``titans compare``, the README's main job).
+
+The output directory holds one run directory per model (:mod:`titans.runs`), the training loss
+curves of all of them (``loss_curves.png``) and the report (``results.json``). With a ``task``
+section the models are fine-tuned on long-context tasks instead of language modelling, and
+evaluated by answer accuracy at the training length.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from titans import runs
+from titans.config_files import DataConfig, EvalConfig, TaskConfig, build_dataclass, model_config
+from titans.data.pipeline import prepare
+from titans.evals import evaluate_perplexity, generate_text
+from titans.evals.tasks import TaskBatches
+from titans.experiments.long_context import task_accuracy, task_generators
+from titans.experiments.single_run import context_lengths, print_perplexity
+from titans.io import atomic_save_json
+from titans.models import TitansConfig, count_parameters, match_parameters
+from titans.plots import plot_loss_curves
+from titans.train import TrainConfig, train
+
+RESULTS_FILE = "results.json"
+LOSS_CURVES_FILE = "loss_curves.png"
+DEFAULT_SAMPLE = {"prompt": "Fellow-Citizens of the Senate and House of Representatives:",
+                  "max_new_tokens": 60}
+
+
+def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
+    """Train, evaluate and tabulate the models of a comparison config's sections (``models``:
+    name -> model section; ``match_parameters``, ``train``, ``data``, ``eval``, ``sample``,
+    ``task``) into ``out``. ``resume`` continues (or just re-evaluates) the runs already there.
+
+    Unless ``match_parameters`` is false, every model but the first (the reference) without an
+    explicit ``intermediate_size`` has its MLP width matched to the reference's parameter count.
+    Returns the report also written to ``out/results.json``.
+    """
+    start = time.perf_counter()
+    if not isinstance(values.get("models"), dict) or not values["models"]:
+        raise ValueError("compare needs a 'models' section: name -> model settings")
+    data = build_dataclass(DataConfig, values.get("data"), "data")
+    eval_cfg = build_dataclass(EvalConfig, values.get("eval"), "eval")
+    task_cfg = build_dataclass(TaskConfig, values["task"], "task") if "task" in values else None
+    sample = {**DEFAULT_SAMPLE, **(values.get("sample") or {})}
+    if task_cfg is None:
+        tokenizer, files = prepare(data)
+        train_data, val_data = files["train"].tokens, files["validation"].tokens
+        print(f"data ready: {len(files['train']):,} training tokens "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    else:
+        tokenizer, generators = task_generators(data)
+        train_data, val_data = (
+            TaskBatches(generators[split], task_cfg.tasks, task_cfg.weights,
+                        task_cfg.score_context) for split in ("train", "validation"))
+        print(f"task data ready: {', '.join(task_cfg.tasks)} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+    configs = _model_configs(values["models"], tokenizer.vocab_size,
+                             values.get("match_parameters", True))
+    results = []
+    for name, cfg in configs.items():
+        run = out / name
+        train_cfg = build_dataclass(
+            TrainConfig, {**(values.get("train") or {}), "out_dir": str(run)}, "train")
+        print(f"\n== {name}: {cfg.variant}, {count_parameters(cfg):,} parameters", flush=True)
+        runs.save_data_config(run, data)
+        summary = train(cfg, train_cfg, train_data, val_data,
+                        resume=resume and runs.has_checkpoint(run))
+        if not summary.get("tokens_per_s"):
+            # A resumed run that had already finished trained nothing in this session.
+            speeds = [r["tokens_per_s"] for r in runs.read_metrics(run / runs.METRICS_FILE)
+                      if "tokens_per_s" in r][1:]
+            summary["tokens_per_s"] = sum(speeds) / len(speeds) if speeds else float("nan")
+        model, _ = runs.load_checkpoint(run)
+        result = {"name": name, "variant": cfg.variant, "parameters": count_parameters(cfg),
+                  "train": summary}
+        if task_cfg is None:
+            lengths = context_lengths(eval_cfg, train_cfg.seq_len, None)
+            result["eval"] = evaluate_perplexity(
+                model, files[eval_cfg.split].tokens, lengths, decode=tokenizer.decode,
+                max_tokens=eval_cfg.max_tokens, piece_len=eval_cfg.piece_len)
+            print_perplexity(result["eval"])
+            text = generate_text(model, tokenizer, sample["prompt"], sample["max_new_tokens"])
+            result["sample"] = sample["prompt"] + text
+        else:
+            result["accuracy"] = task_accuracy(model, generators["test"], task_cfg,
+                                               train_cfg.seq_len)
+            print("accuracy at the training length: " + ", ".join(
+                f"{t} {a:.2f}" for t, a in result["accuracy"].items()), flush=True)
+        results.append(result)
+
+    plot_loss_curves({r["name"]: out / r["name"] / runs.METRICS_FILE for r in results},
+                     out / LOSS_CURVES_FILE,
+                     title="training on the default corpus" if task_cfg is None else
+                     "fine-tuning on long-context tasks (loss on the answers)")
+    report = {"data": asdict(data), "results": results,
+              "wall_time_s": time.perf_counter() - start}
+    if task_cfg is not None:
+        report["task"] = asdict(task_cfg)
+    atomic_save_json(report, out / RESULTS_FILE)
+    if task_cfg is None:
+        print_comparison(results, eval_cfg.split)
+    else:
+        print_task_comparison(results)
+    print(f"\nloss curves: {out / LOSS_CURVES_FILE}; results: {out / RESULTS_FILE}; "
+          f"total {report['wall_time_s'] / 60:.1f} min")
+    return report
+
+
+def _model_configs(sections: dict[str, Any], vocab_size: int,
+                   match: bool) -> dict[str, TitansConfig]:
+    """Each model section's config; with ``match``, every model after the first whose section
+    does not fix ``intermediate_size`` is resized to the first one's parameter count."""
+    configs = {name: model_config(section, vocab_size) for name, section in sections.items()}
+    if match:
+        reference = next(iter(configs))
+        target = count_parameters(configs[reference])
+        for name, section in sections.items():
+            if name != reference and "intermediate_size" not in (section or {}):
+                configs[name] = match_parameters(configs[name], target)
+    return configs
+
+
+def print_task_comparison(results: list[dict[str, Any]]) -> None:
+    """The side-by-side table of a task fine-tuning comparison."""
+    tasks = list(results[0]["accuracy"])
+    head = f"{'model':<14}{'params':>9}{'train tok/s':>13}{'val loss':>10}"
+    head += "".join(f"{t:>7}" for t in tasks)
+    print("\nanswer accuracy at the training length (held-out prose)\n" + head + "\n"
+          + "-" * len(head))
+    for r in results:
+        val = r["train"].get("final_val_loss")
+        row = (f"{r['name']:<14}{r['parameters'] / 1e6:>8.2f}M"
+               f"{r['train']['tokens_per_s']:>13.0f}"
+               f"{'-' if val is None else format(val, '.4f'):>10}")
+        print(row + "".join(f"{r['accuracy'][t]:>7.2f}" for t in tasks))
+
+
+def print_comparison(results: list[dict[str, Any]], split: str) -> None:
+    """The side-by-side table of the main job, then each model's sample."""
+    lengths = [r["context_length"] for r in results[0]["eval"]]
+    head = f"{'model':<14}{'params':>9}{'train tok/s':>13}{'val ppl':>9}"
+    head += "".join(f"{'bpb@' + str(n):>11}" for n in lengths)
+    print(f"\n{split} bits-per-byte at each context length (tokens); val ppl at the end of "
+          "training\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        val = r["train"].get("final_val_loss")
+        ppl = f"{math.exp(val):.2f}" if val is not None else "-"
+        row = (f"{r['name']:<14}{r['parameters'] / 1e6:>8.2f}M"
+               f"{r['train']['tokens_per_s']:>13.0f}{ppl:>9}")
+        print(row + "".join(f"{e['bits_per_byte']:>11.4f}" for e in r["eval"]))
+    for r in results:
+        print(f"\n-- sample from {r['name']} (temperature 0.8, top-k 50):\n{r['sample']}")

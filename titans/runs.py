@@ -1,0 +1,237 @@
+"""The run directory: what a run keeps on disk, written and read back here and nowhere else.
+
+A run directory (``TrainConfig.out_dir``) holds:
+
+- ``model.safetensors``: the weights (a tied LM head is stored once, as the embedding);
+- ``config.json``: ``{"model": TitansConfig fields, "train": TrainConfig fields}``;
+- ``trainer.pt``: what resuming needs besides the weights (progress, optimizer, schedule, every
+  RNG's state; see :func:`titans.train.train`);
+- ``metrics.jsonl``: one JSON record per logged training step and per evaluation;
+- ``data.json``: the data config (``DataConfig`` fields) the run was trained on, written by
+  ``titans train`` and ``titans compare`` so that later commands find the same tokenizer;
+- ``eval.json``: the last ``titans eval`` (perplexity) of the run;
+- ``tensorboard/``: TensorBoard events, when enabled.
+
+The first three files are the checkpoint. They are saved together: written into a staging
+directory and then moved in, so a crash at any point leaves either the previous checkpoint or a
+complete new one that :func:`commit_checkpoint` finishes moving in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor
+
+from titans.config_files import DataConfig
+from titans.io import atomic_save_json, atomic_write
+from titans.models.config import TitansConfig
+from titans.models.lm import TitansLM
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINER_FILE = "trainer.pt"
+METRICS_FILE = "metrics.jsonl"
+DATA_FILE = "data.json"
+EVAL_FILE = "eval.json"
+TENSORBOARD_DIR = "tensorboard"
+# A checkpoint is three files, so it is first written here and then moved into the run
+# directory; see ``commit_checkpoint``.
+STAGING_DIR = ".checkpoint-staging"
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a checkpoint (its ``trainer.pt``, moved in last)."""
+    return (Path(out_dir) / TRAINER_FILE).is_file()
+
+
+def save_checkpoint(
+    out_dir: Path, model: TitansLM, train_config: dict[str, Any], trainer_state: dict[str, Any]
+) -> None:
+    """Write the weights, ``config.json`` (the model's config and ``train_config``, the
+    TrainConfig's fields) and ``trainer_state`` (saved with ``torch.save``; its ``"step"`` also
+    goes into the weights' metadata) into ``out_dir`` as one atomic unit.
+
+    The three files are written (each atomically) into a staging directory, ``trainer.pt``
+    last, and then moved into ``out_dir``; a crash at any point leaves either the previous
+    checkpoint or, once the staging is complete, one that the next run finishes moving in.
+    """
+    staging = out_dir / STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed in this session
+    staging.mkdir(parents=True)
+    with atomic_write(staging / WEIGHTS_FILE) as f:
+        f.write(safetensors.torch.save(_weights(model),
+                                       metadata={"step": str(trainer_state["step"])}))
+    atomic_save_json({"model": model.config.to_dict(), "train": train_config},
+                     staging / CONFIG_FILE)
+    with atomic_write(staging / TRAINER_FILE) as f:
+        torch.save(trainer_state, f)
+    commit_checkpoint(out_dir)
+
+
+def commit_checkpoint(out_dir: Path) -> None:
+    """Move a complete staged checkpoint into ``out_dir``, or discard an incomplete one.
+
+    The staging is complete once it holds ``trainer.pt`` (written last, atomically), which is
+    also moved last: so this can be re-run after a crash at any point of it. Only the training
+    process may call it: a reader may run while a save is under way.
+    """
+    staging = out_dir / STAGING_DIR
+    if not staging.exists():
+        return
+    if (staging / TRAINER_FILE).exists():
+        for name in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE):
+            if (staging / name).exists():  # absent: already moved before a crash
+                os.replace(staging / name, out_dir / name)
+    shutil.rmtree(staging)
+
+
+def _weights(model: TitansLM) -> dict[str, Tensor]:
+    """The state dict for safetensors, which refuses shared tensors: a tied LM head is the
+    embedding matrix, stored once (as ``embed_tokens.weight``)."""
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        del state["lm_head.weight"]
+    return {name: t.detach().cpu().contiguous() for name, t in state.items()}
+
+
+def load_weights(model: TitansLM, out_dir: Path) -> None:
+    """Load the checkpoint's weights into ``model`` in place. The model's constructor ties the LM
+    head to the embedding and loading copies into the existing tensors, so the tie survives."""
+    path = out_dir / WEIGHTS_FILE
+    state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    expected_missing = ["lm_head.weight"] if model.config.tie_word_embeddings else []
+    if sorted(missing) != expected_missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model: missing {sorted(set(missing) - {*expected_missing})}"
+            f", unexpected {sorted(unexpected)}"
+        )
+
+
+def read_config(out_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json (``{"model": ..., "train": ...}``); ``FileNotFoundError`` if
+    ``out_dir`` holds no complete checkpoint. Read-only: a reader may run while a training process
+    is saving, so only training itself repairs an interrupted save (:func:`commit_checkpoint`)."""
+    out_dir = Path(out_dir)
+    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE) if not (out_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
+            "save_every steps and at its end)"
+        )
+    return json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def read_trainer_state(out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's ``trainer.pt``, as :func:`save_checkpoint` was given it (on the CPU)."""
+    return torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(out_dir: str | Path) -> tuple[TitansLM, dict[str, Any]]:
+    """The model saved in ``out_dir`` (on CPU, in eval mode) and its config dict
+    ``{"model": TitansConfig fields, "train": TrainConfig fields}``."""
+    out_dir = Path(out_dir)
+    config = read_config(out_dir)
+    model = TitansLM(TitansConfig.from_dict(config["model"]))
+    load_weights(model, out_dir)
+    return model.eval(), config
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state, as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(key.copy()), pos, has_gauss, cached_gaussian),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore every RNG from :func:`rng_state`'s record (the CUDA devices present here)."""
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, key.numpy(), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        count = min(len(state["cuda"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(state["cuda"][:count])
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+class MetricsLog:
+    """A run's ``metrics.jsonl``: one JSON record per line, appended as training goes.
+
+    On (re)start, records after step ``keep_until`` are dropped (and a line cut by a crash), so a
+    resumed run continues the file without duplicate steps.
+    """
+
+    def __init__(self, out_dir: Path, keep_until: int) -> None:
+        self.path = out_dir / METRICS_FILE
+        kept = [r for r in read_metrics(self.path) if r["step"] <= keep_until]
+        with atomic_write(self.path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (a dict with at least ``"step"``)."""
+        # Appending a line is not atomic, but a crash can only cut the last line, which the next
+        # start drops; rewriting the whole file per record would cost O(records) each time.
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` (empty if it does not exist); a line cut by a crash is
+    skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# What the commands keep next to the checkpoint
+
+
+def save_data_config(out_dir: str | Path, data: DataConfig) -> None:
+    """Record the data config a run is trained on (``data.json``)."""
+    atomic_save_json(dataclasses.asdict(data), Path(out_dir) / DATA_FILE)
+
+
+def read_data_config(out_dir: str | Path) -> DataConfig:
+    """The data config a run was trained on; ``ValueError`` if it has none."""
+    path = Path(out_dir) / DATA_FILE
+    if not path.is_file():
+        raise ValueError(f"{out_dir} has no {DATA_FILE}: was it trained with `titans train` or "
+                         "`titans compare`?")
+    return DataConfig(**json.loads(path.read_text()))
+
+
+def save_eval_results(out_dir: str | Path, split: str, rows: list[dict[str, Any]]) -> None:
+    """Record a perplexity evaluation of the run (``eval.json``): the split and one row per
+    context length (:func:`titans.evals.evaluate_perplexity`)."""
+    atomic_save_json({"split": split, "results": rows}, Path(out_dir) / EVAL_FILE)
