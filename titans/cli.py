@@ -25,7 +25,7 @@ from titans.data import DataUnavailableError
 from titans.experiments import single_run
 from titans.experiments.compare import compare
 from titans.experiments.long_context import evaluate_runs
-from titans.models import TitansConfig
+from titans.models import VARIANTS, TitansConfig
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(p)
     p.add_argument("--run", help="a trained run instead of a config")
     p.add_argument("--preset", help="tiny, small, 170M, 340M, 760M, 1.3B")
-    p.add_argument("--variant", help="mac, mag, mal, lmm, transformer, swa")
+    p.add_argument("--variant", help="; ".join(f"{name}: {spec.description}"
+                                              for name, spec in VARIANTS.items()))
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("compare", help="train models side by side (the README's main job)")

@@ -44,6 +44,7 @@ from titans import distributed, runs
 from titans.checks import check_number
 from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
+from titans.models import no_weight_decay
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
@@ -137,24 +138,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
     Decayed: every weight with ndim >= 2 that maps activations to activations (linear layers,
     the memory's depthwise conv, an untied LM head). Not decayed: norms and biases (ndim 1; this
-    includes the memory's gate biases, which set the initial theta, eta and alpha), the token
-    embedding (with tied embeddings it is also the LM head), and two kinds of 2-D parameters that
-    are values rather than maps: the persistent tokens, which are learned input tokens like
-    embeddings, and the neural memory's initial weights (``memory_init``), which are the starting
-    state of the inner learner — the memory's own forget gate already governs how its weights
-    shrink, and pulling that start towards zero would push the memory towards a constant function.
-    Shared parameters (the tied head) are listed once.
+    includes the memory's gate biases, which set the initial theta, eta and alpha), and the
+    parameters their modules tag as values rather than maps (``titans.layers.tags``): the token
+    embedding (with tied embeddings it is also the LM head), the persistent tokens, and the neural
+    memory's initial weights and norm, the starting state of the inner learner — its own forget
+    gate already governs how its weights shrink, and pulling that start towards zero would push
+    the memory towards a constant function. Shared parameters (the tied head) are listed once.
     """
     decay: list[tuple[str, nn.Parameter]] = []
     no_decay: list[tuple[str, nn.Parameter]] = []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_value = (
-            name == "embed_tokens.weight" or name.endswith(".persistent") or ".memory_init." in name
-            or ".memory_norm_" in name
-        )
-        (decay if param.ndim >= 2 and not is_value else no_decay).append((name, param))
+        if param.requires_grad:
+            (no_decay if no_weight_decay(param) else decay).append((name, param))
     return [
         {"params": [p for _, p in group], "param_names": [n for n, _ in group], "weight_decay": wd}
         for group, wd in ((decay, weight_decay), (no_decay, 0.0))

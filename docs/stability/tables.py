@@ -19,7 +19,7 @@ from pathlib import Path
 import matplotlib
 
 from titans.io import atomic_save_json, atomic_write
-from titans.train import read_metrics
+from titans.runs import read_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans.cli import prepare
 from titans.config_files import DataConfig
+from titans.data.batches import get_batch
+from titans.data.pipeline import prepare
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.models.config import TitansConfig
 from titans.models.lm import TitansLM
 from titans.ops.memory.common import mlp_forward
-from titans.train import get_batch, lr_multiplier, param_groups
+from titans.train import lr_multiplier, param_groups
 
 
 def lm_input_spread(layer: NeuralMemory, weights: list[Tensor]) -> float:

@@ -19,7 +19,8 @@ from titans.models import VARIANTS
 from titans.models.blocks import HybridState, MACState
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY
 from titans.ops import MemoryState
-from titans.train import TrainConfig, read_metrics, train
+from titans.runs import read_metrics
+from titans.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,8 +77,8 @@ def test_deep_memory_trains_stably_on_the_corpus(variant: str, tmp_path: Path) -
     """150 steps of the ``small`` preset (1 x 512 tokens, lr 3e-3 as in configs/, clipping 1.0)
     on the embedded corpus with every memory default (deep memory, residual LayerNorm,
     momentum, decay): no non-finite value, no gradient spike, the loss clearly falls."""
-    from titans.cli import prepare
     from titans.config_files import DataConfig
+    from titans.data.pipeline import prepare
 
     tokenizer, files = prepare(DataConfig(source="default", tokenizer="bpe:8192"))
     config = TitansConfig.from_preset("small", variant, vocab_size=tokenizer.vocab_size)

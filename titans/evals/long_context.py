@@ -21,6 +21,7 @@ import torch
 
 from titans.evals.tasks import NEEDLE_TASKS, TASKS, TaskGenerator, TaskItem, score
 from titans.machine import PeakMemory
+from titans.models.blocks import variant_spec
 from titans.models.lm import TitansLM
 from titans.models.streaming import stream
 
@@ -96,7 +97,8 @@ def evaluate_task(
     try:
         for length in lengths:
             base = {"task": task, "length": length}
-            if (model.config.variant == "transformer" and max_full_attention_length is not None
+            if (variant_spec(model.config.variant).state_grows
+                    and max_full_attention_length is not None
                     and length > max_full_attention_length):
                 reason = (f"full attention: the KV cache grows with the context; not run beyond "
                           f"{max_full_attention_length} tokens")
