@@ -29,7 +29,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from titans import distributed, runs
-from titans.checks import check_number
+from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
 from titans.models import no_weight_decay
@@ -94,22 +93,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.out_dir must be a non-empty path, got {self.out_dir!r}")
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every",
                      "eval_batches", "save_every", "log_every"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(f"TrainConfig.{name}", getattr(self, name), 1)
         for name in ("warmup_steps", "seed"):
-            _check_int(name, getattr(self, name), 0)
-        if self.max_tokens is not None:
-            _check_int("max_tokens", self.max_tokens, 1)
-        _check_number("lr", self.lr, lambda v: v > 0, "> 0")
-        _check_number("min_lr_ratio", self.min_lr_ratio, lambda v: 0 <= v <= 1, "in [0, 1]")
-        _check_number("weight_decay", self.weight_decay, lambda v: v >= 0, ">= 0")
-        _check_number("grad_clip", self.grad_clip, lambda v: v >= 0, ">= 0")
+            check_int(f"TrainConfig.{name}", getattr(self, name), 0)
+        check_int("TrainConfig.max_tokens", self.max_tokens, 1, optional=True)
+        check_number("TrainConfig.lr", self.lr, "> 0", lambda v: v > 0)
+        check_number("TrainConfig.min_lr_ratio", self.min_lr_ratio, "in [0, 1]",
+                     lambda v: 0 <= v <= 1)
+        check_number("TrainConfig.weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
+        check_number("TrainConfig.grad_clip", self.grad_clip, ">= 0", lambda v: v >= 0)
         for name in ("beta1", "beta2"):
-            _check_number(name, getattr(self, name), lambda v: 0 <= v < 1, "in [0, 1)")
+            check_number(f"TrainConfig.{name}", getattr(self, name), "in [0, 1)",
+                         lambda v: 0 <= v < 1)
         for name in ("compile", "tensorboard", "wandb", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"TrainConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TrainConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+            check_bool(f"TrainConfig.{name}", getattr(self, name))
+        check_choice("TrainConfig.dtype", self.dtype, DTYPES)
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -118,15 +116,6 @@ class TrainConfig:
                     f"TrainConfig.device must be 'auto' or a torch device such as 'cpu', 'cuda', "
                     f"'cuda:1', got {self.device!r}"
                 ) from e
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"TrainConfig.{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
-    check_number(f"TrainConfig.{name}", value, rule, ok)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from titans.checks import check_number
+from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.models.blocks import VARIANTS, variant_spec
 from titans.ops.memory import ACTIVATIONS
 
@@ -90,27 +90,21 @@ class TitansConfig:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
                      "segment_len", "window_size", "attention_block_size", "chunk_size",
                      "memory_depth", "memory_expansion"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("conv_kernel", self.conv_kernel, 0)
+            check_int(name, getattr(self, name), 1)
+        check_int("conv_kernel", self.conv_kernel, 0)
         for name in ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
                      "memory_checkpoint_chunks"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1, optional=True)
         for name in ("memory_residual_norm", "use_momentum", "use_decay", "compile_memory",
                      "tie_word_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
         for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
             check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
         for name in ("memory_max_momentum", "memory_max_decay"):
             check_number(name, getattr(self, name), "in (0, 1]", lambda x: 0 < x <= 1)
-        if self.memory_max_grad_norm is not None:
-            check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0 (or null)",
-                          lambda x: x > 0)
-        if self.memory_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"memory_activation must be one of {ACTIVATIONS}, got {self.memory_activation!r}"
-            )
+        check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0", lambda x: x > 0,
+                     optional=True)
+        check_choice("memory_activation", self.memory_activation, ACTIVATIONS)
 
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
@@ -129,7 +123,7 @@ class TitansConfig:
             self.memory_head_dim = self.head_dim
         if self.num_persistent_tokens is None:
             self.num_persistent_tokens = 16 if spec.persistent_tokens else 0
-        _check_int("num_persistent_tokens", self.num_persistent_tokens, 0)
+        check_int("num_persistent_tokens", self.num_persistent_tokens, 0)
         if self.num_persistent_tokens and not spec.persistent_tokens:
             owners = tuple(name for name, s in VARIANTS.items() if s.persistent_tokens)
             raise ValueError(
@@ -181,8 +175,3 @@ class TitansConfig:
 
 _DERIVED = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
             "num_persistent_tokens")
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
