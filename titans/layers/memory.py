@@ -17,14 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans.checks import check_number
+from titans.checks import check_int, check_number
 from titans.layers.norm import RMSNorm
 from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
 from titans.ops.memory import (
-    ACTIVATIONS,
     MemoryState,
-    check_checkpoint_chunks,
-    check_max_grad_norm,
+    check_settings,
     memory_chunked,
     memory_recurrent,
     read,
@@ -136,17 +134,14 @@ class NeuralMemory(nn.Module):
         for name, value, low in (
             ("hidden_size", hidden_size, 1), ("num_heads", num_heads, 1), ("head_dim", head_dim, 1),
             ("memory_depth", memory_depth, 1), ("memory_expansion", memory_expansion, 1),
-            ("chunk_size", chunk_size, 1), ("conv_kernel", conv_kernel, 0),
+            ("conv_kernel", conv_kernel, 0),
         ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        check_checkpoint_chunks(checkpoint_chunks)
+            check_int(name, value, low)
         check_number("max_lr", max_lr, "> 0", lambda x: x > 0)
         for name, value in (("max_momentum", max_momentum), ("max_decay", max_decay)):
             check_number(name, value, "in (0, 1]", lambda x: 0 < x <= 1)
-        check_max_grad_norm(max_grad_norm)
+        # The op's settings, checked by the op's own rule now rather than at the first forward.
+        check_settings(activation, max_grad_norm, chunk_size, checkpoint_chunks)
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.chunk_size, self.activation, self.residual_norm = chunk_size, activation, residual_norm
         self.max_lr, self.use_momentum, self.use_decay = max_lr, use_momentum, use_decay

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from titans.checks import check_int
+
 Prefix = tuple[Tensor, Tensor, Tensor]
 
 
@@ -43,10 +45,7 @@ def _check(
             f"q_index must be [T={q.shape[2]}] and k_index [S={k.shape[2]}]; "
             f"got {tuple(q_index.shape)}, {tuple(k_index.shape)}"
         )
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, int) or window < 1
-    ):
-        raise ValueError(f"window must be None or an int >= 1, got {window!r}")
+    check_int("window", window, 1, optional=True)
     if prefix is not None:
         q_p, k_p, v_p = prefix
         if q_p.dim() != 4 or k_p.dim() != 4 or v_p.dim() != 4:

@@ -35,7 +35,6 @@ from titans.ops.memory.common import (
     Norm,
     activation_backward,
     activation_fn,
-    check_checkpoint_chunks,
     check_inputs,
     compute_dtype,
     inner_gradients,
@@ -119,8 +118,7 @@ def memory_chunked(
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
-                 norm_weight, norm_bias, max_grad_norm)
-    check_checkpoint_chunks(checkpoint_chunks)
+                 norm_weight, norm_bias, max_grad_norm, checkpoint_chunks)
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
     d_v = v.shape[-1]

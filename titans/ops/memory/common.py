@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from titans.checks import check_number
+from titans.checks import check_choice, check_int, check_number
 
 ACTIVATIONS = ("gelu", "silu")
 LAYER_NORM_EPS = 1e-5
@@ -111,8 +111,10 @@ def check_inputs(
     norm_weight: Tensor | None = None,
     norm_bias: Tensor | None = None,
     max_grad_norm: float | None = None,
+    checkpoint_chunks: int | None = None,
 ) -> None:
-    """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops.
+    """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops:
+    the tensors' dtypes and shapes, the state, and the settings (:func:`check_settings`).
 
     chunk_size: None for an op that has no chunk size (memory_recurrent stays in one chunk).
     """
@@ -131,11 +133,29 @@ def check_inputs(
             raise ValueError(
                 f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
             )
-    check_max_grad_norm(max_grad_norm)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_settings(activation, max_grad_norm, chunk_size, checkpoint_chunks)
     b, _, h, d_k = q.shape
-    check_memory(state, b, h, d_k, v.shape[-1], activation, residual_norm, norm_weight, norm_bias)
+    check_memory(state, b, h, d_k, v.shape[-1], residual_norm, norm_weight, norm_bias)
+
+
+def check_settings(
+    activation: str,
+    max_grad_norm: float | None = None,
+    chunk_size: int | None = None,
+    checkpoint_chunks: int | None = None,
+) -> None:
+    """Raise ``ValueError`` for a bad scalar setting of the memory ops: ``activation`` one of
+    :data:`ACTIVATIONS`, ``max_grad_norm`` None (no clipping) or a number > 0, ``chunk_size``
+    an int >= 1 (None: an op without chunks), ``checkpoint_chunks`` None or an int >= 1.
+
+    The ops check their settings on every call; :class:`titans.layers.NeuralMemory` checks its
+    own with this when it is built, so a bad one fails there and not at the first forward.
+    """
+    check_choice("activation", activation, ACTIVATIONS)
+    check_number("max_grad_norm", max_grad_norm, "> 0", lambda x: x > 0, optional=True)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
+    check_int("checkpoint_chunks", checkpoint_chunks, 1, optional=True)
 
 
 def check_memory(
@@ -144,15 +164,12 @@ def check_memory(
     heads: int,
     d_k: int,
     d_v: int,
-    activation: str,
     residual_norm: bool,
     norm_weight: Tensor | None,
     norm_bias: Tensor | None,
 ) -> None:
     """Raise ``ValueError`` unless ``state`` is a memory for ``batch`` x ``heads`` that maps
-    ``d_k``-dim keys (and queries) to ``d_v``-dim values with this activation and norm."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    ``d_k``-dim keys (and queries) to ``d_v``-dim values with this norm."""
     w_first, w_last = state.weights[0], state.weights[-1]
     if w_first.shape[:2] != (batch, heads):
         raise ValueError(
@@ -174,18 +191,6 @@ def check_memory(
                 f"{name} must be a floating-point [H, D_v] = {(heads, d_v)} tensor, got "
                 f"{p.dtype} {tuple(p.shape)}"
             )
-
-
-def check_checkpoint_chunks(checkpoint_chunks: int | None) -> None:
-    if checkpoint_chunks is not None and (
-        not isinstance(checkpoint_chunks, int) or checkpoint_chunks < 1
-    ):
-        raise ValueError(f"checkpoint_chunks must be None or an int >= 1: {checkpoint_chunks!r}")
-
-
-def check_max_grad_norm(max_grad_norm: float | None) -> None:
-    if max_grad_norm is not None:
-        check_number("max_grad_norm", max_grad_norm, "> 0 (or None)", lambda x: x > 0)
 
 
 def grad_clip_scale(sq_norm: Tensor, max_grad_norm: float) -> Tensor:
@@ -282,9 +287,10 @@ def read(
     if not q.is_floating_point() or q.dim() != 4:
         raise ValueError(f"q must be a floating-point [B, H, T, D] tensor, got {q.dtype} "
                          f"{tuple(q.shape)}")
+    check_settings(activation)
     b, h, _, d = q.shape
-    check_memory(state, b, h, d, state.weights[-1].shape[-1], activation, residual_norm,
-                 norm_weight, norm_bias)
+    check_memory(state, b, h, d, state.weights[-1].shape[-1], residual_norm, norm_weight,
+                 norm_bias)
     dtype = compute_dtype(q.dtype)
     weights = [w.to(dtype) for w in state.weights]
     return mlp_forward(q.to(dtype), weights, activation, residual_norm, norm_weight, norm_bias)
