@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from titans.checks import check_choice
+
 CACHE_ENV = "TITANS_CACHE"
 
 
@@ -28,8 +30,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     on one file system and is atomic: readers see either the old file or the complete new one.
     ``mode`` is ``"wb"`` (bytes) or ``"w"`` (UTF-8 text).
     """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    check_choice("atomic_write mode", mode, ("wb", "w"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")

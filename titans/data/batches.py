@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from titans.checks import check_int
+
 
 class BatchSource(Protocol):
     """Where training batches come from when they are not windows of one token stream (e.g.
@@ -52,8 +54,7 @@ def get_batch(
     _check_token_array("tokens", tokens)
     for name, value, low in (("seq_len", seq_len, 1), ("batch_size", batch_size, 1),
                              ("step", step, 0), ("seed", seed, 0), ("world_size", world_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low, numpy=True)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank!r}")
     num_seqs = (len(tokens) - 1) // seq_len

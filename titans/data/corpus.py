@@ -7,6 +7,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from titans.checks import check_number
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -47,8 +49,7 @@ def corpus_from_documents(name: str, docs: list[Document], validation_fraction: 
     """
     for field, value in (("validation_fraction", validation_fraction),
                          ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{field} must be in [0, 1), got {value}")
+        check_number(field, value, "in [0, 1)", lambda f: 0 <= f < 1)
     if not docs:
         raise ValueError(f"corpus {name!r} has no documents")
     n = len(docs)

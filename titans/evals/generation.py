@@ -7,6 +7,7 @@ from typing import Protocol
 
 import torch
 
+from titans.checks import check_int
 from titans.models.lm import TitansLM
 
 
@@ -48,8 +49,7 @@ def generate_text(
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    check_int("seed", seed)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from titans.checks import check_int, check_ints
 from titans.models.lm import TitansLM
 from titans.models.streaming import stream
 
@@ -67,13 +68,9 @@ def evaluate_perplexity(
     tokens = _check_tokens(tokens)
     lengths = _check_context_lengths(context_lengths, len(tokens))
     for name, value in (("piece_len", piece_len), ("batch_size", batch_size)):
-        _check_positive_int(name, value)
-    if max_tokens is not None:
-        _check_positive_int("max_tokens", max_tokens)
-    if num_bytes is not None and (
-        isinstance(num_bytes, bool) or not isinstance(num_bytes, int) or num_bytes < 0
-    ):
-        raise ValueError(f"num_bytes must be None or an int >= 0, got {num_bytes!r}")
+        check_int(name, value, 1)
+    check_int("max_tokens", max_tokens, 1, optional=True)
+    check_int("num_bytes", num_bytes, 0, optional=True)
 
     results = []
     for length in lengths:
@@ -140,16 +137,13 @@ def _check_tokens(tokens: np.ndarray | Tensor) -> np.ndarray | Tensor:
 
 
 def _check_context_lengths(context_lengths: Sequence[int], num_tokens: int) -> list[int]:
-    """Every length an int >= 2 that fits at least one window into the stream."""
+    """Every length an int >= 2 (a window scores length - 1 tokens) that fits at least one window
+    into the stream."""
     lengths = list(context_lengths)
     if not lengths:
         raise ValueError("context_lengths is empty: give at least one context length")
+    check_ints("context_lengths", lengths, 2, numpy=True)
     for length in lengths:
-        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 2:
-            raise ValueError(
-                f"context lengths must be ints >= 2 (a window scores length - 1 tokens), "
-                f"got {length!r}"
-            )
         if length > num_tokens:
             raise ValueError(
                 f"context length {length} needs a stream of at least {length} tokens for one "
@@ -164,8 +158,3 @@ def _exp(x: float) -> float:
         return math.exp(x)
     except OverflowError:
         return math.inf
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")

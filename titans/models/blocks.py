@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from titans.checks import check_choice
 from titans.layers.attention import Attention, KVCache
 from titans.layers.memory import NeuralMemory, NeuralMemoryState
 from titans.layers.mlp import SwiGLU
@@ -137,8 +138,7 @@ def unregister_variant(name: str) -> None:
 
 def variant_spec(name: str) -> VariantSpec:
     """The spec of the registered variant ``name``; any other value raises ``ValueError``."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"variant must be one of {tuple(_REGISTRY)}, got {name!r}")
+    check_choice("variant", name, tuple(_REGISTRY))
     return _REGISTRY[name]
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from titans.checks import check_int, check_number
 from titans.layers.norm import RMSNorm
 from titans.layers.tags import is_residual_projection, mark_no_weight_decay
 from titans.models.blocks import LayerState, TitansBlock
@@ -196,14 +197,10 @@ class TitansLM(nn.Module):
         probability >= top_p. Sequences that produced ``eos_token_id`` are padded with it, and
         generation stops when all have.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be None or >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+        check_int("max_new_tokens", max_new_tokens, 0)
+        check_number("temperature", temperature, ">= 0", lambda t: t >= 0)
+        check_int("top_k", top_k, 1, optional=True)
+        check_number("top_p", top_p, "in (0, 1]", lambda p: 0 < p <= 1, optional=True)
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [B, T] with T >= 1, got {tuple(input_ids.shape)}")
         tokens = [input_ids]

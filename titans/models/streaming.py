@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from titans.checks import check_int
 from titans.models.lm import TitansLM, TitansState
 
 
@@ -83,11 +84,8 @@ def stream(
     as :meth:`TitansLM.forward` does; e.g. 1 to read a long context and decode from its end.
     The losses need every position's logits, so it requires ``losses=False``.
     """
-    if isinstance(piece_len, bool) or not isinstance(piece_len, int) or piece_len < 1:
-        raise ValueError(f"piece_len must be an int >= 1, got {piece_len!r}")
-    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or (
-            logits_to_keep < 0):
-        raise ValueError(f"logits_to_keep must be an int >= 0, got {logits_to_keep!r}")
+    check_int("piece_len", piece_len, 1)
+    check_int("logits_to_keep", logits_to_keep, 0)
     if losses and logits_to_keep:
         raise ValueError("the losses need the logits of every position: pass losses=False with "
                          "logits_to_keep")
