@@ -19,6 +19,9 @@ from typing import Any
 
 import yaml
 
+from titans.checks import check_bool, check_choice, check_int, check_ints, check_numbers
+from titans.data.tokenizer import DEFAULT_TOKENIZER
+from titans.evals.tasks import TASKS, check_task_mix
 from titans.models.config import TitansConfig
 
 if sys.version_info >= (3, 11):
@@ -29,6 +32,8 @@ else:  # pragma: no cover - Python 3.10
 # The sections of one run's config file, and of the comparison job's.
 RUN_SECTIONS = ("model", "train", "data", "eval")
 COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task")
+# The held-out splits an evaluation may score.
+EVAL_SPLITS = ("validation", "test")
 
 
 class _Loader(yaml.SafeLoader):
@@ -53,7 +58,7 @@ class DataConfig:
     # "default" (the embedded corpus), a file, folder, .jsonl or .parquet, or hf:<name>
     source: str = "default"
     # "bpe[:vocab]" (trained on the corpus), a tokenizer.json, a SentencePiece .model, "mistral"
-    tokenizer: str = "bpe:8192"
+    tokenizer: str = DEFAULT_TOKENIZER
     text_field: str = "text"  # JSONL / Parquet / HF column holding the text
 
     def __post_init__(self) -> None:
@@ -72,18 +77,10 @@ class EvalConfig:
     split: str = "test"
 
     def __post_init__(self) -> None:
-        if not self.context_multipliers or not all(
-            isinstance(m, int) and not isinstance(m, bool) and m >= 1
-            for m in self.context_multipliers
-        ):
-            raise ValueError(f"eval.context_multipliers must be ints >= 1: "
-                             f"{self.context_multipliers!r}")
+        check_ints("eval.context_multipliers", self.context_multipliers, 1)
         for name in ("max_tokens", "piece_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"eval.{name} must be an int >= 1, got {value!r}")
-        if self.split not in ("validation", "test"):
-            raise ValueError(f"eval.split must be 'validation' or 'test', got {self.split!r}")
+            check_int(f"eval.{name}", getattr(self, name), 1)
+        check_choice("eval.split", self.split, EVAL_SPLITS)
 
 
 @dataclass
@@ -93,32 +90,17 @@ class TaskConfig:
     the answer (or everywhere with ``score_context``); after training, the answer accuracy at the
     training length is measured on held-out prose at ``eval_depths`` with ``eval_items`` items."""
 
-    tasks: list[str] = field(default_factory=lambda: ["niah1", "niah2", "niah3", "qa1", "qa2",
-                                                      "qa3", "qa4", "qa5"])
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
     weights: list[float] | None = None  # relative frequency of each task (None: uniform)
     score_context: bool = False
     eval_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
     eval_items: int = 8
 
     def __post_init__(self) -> None:
-        from titans.evals.tasks import TASKS
-
-        if not self.tasks or any(t not in TASKS for t in self.tasks):
-            raise ValueError(f"task.tasks must be a non-empty list of {TASKS}, got {self.tasks!r}")
-        if self.weights is not None and (len(self.weights) != len(self.tasks) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
-                for w in self.weights)):
-            raise ValueError(f"task.weights must be one number > 0 per task, got {self.weights!r}")
-        if not isinstance(self.score_context, bool):
-            raise ValueError(f"task.score_context must be a bool, got {self.score_context!r}")
-        if not self.eval_depths or not all(
-            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1
-            for d in self.eval_depths
-        ):
-            raise ValueError(f"task.eval_depths must be numbers in [0, 1]: {self.eval_depths!r}")
-        if isinstance(self.eval_items, bool) or not isinstance(self.eval_items, int) or (
-                self.eval_items < 1):
-            raise ValueError(f"task.eval_items must be an int >= 1, got {self.eval_items!r}")
+        check_task_mix(self.tasks, self.weights, "task.")
+        check_bool("task.score_context", self.score_context)
+        check_numbers("task.eval_depths", self.eval_depths, "in [0, 1]", lambda d: 0 <= d <= 1)
+        check_int("task.eval_items", self.eval_items, 1)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from titans.io import atomic_write, cache_dir, safe_filename
 
 EOS = "<|endoftext|>"
 DEFAULT_BPE_VOCAB = 8192
+DEFAULT_TOKENIZER = f"bpe:{DEFAULT_BPE_VOCAB}"  # a config's tokenizer when it names none
 # End-of-sequence tokens looked up, in order, in a tokenizer.json that is not ours.
 EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>")
 MISTRAL_PACKAGE = "mistral-common==1.13.1"
@@ -135,9 +136,9 @@ def bpe_vocab_size(spec: str) -> int | None:
 def load_tokenizer(spec: str, corpus: Corpus | None = None, cache: Path | None = None) -> Tokenizer:
     """The tokenizer named by ``spec``:
 
-    - ``"bpe"`` / ``"bpe:<vocab>"``: byte-level BPE (default vocab 8192) trained on
-      ``corpus.train``, cached in ``<cache>/tokenizers/`` by corpus name, vocab and a fingerprint
-      of the training documents;
+    - ``"bpe"`` / ``"bpe:<vocab>"``: byte-level BPE (vocab :data:`DEFAULT_BPE_VOCAB` unless
+      given, read by :func:`bpe_vocab_size`) trained on ``corpus.train``, cached in
+      ``<cache>/tokenizers/`` by corpus name, vocab and a fingerprint of the training documents;
     - ``"<path>.json"``: a Hugging Face ``tokenizer.json``;
     - ``"<path>.model"``: a SentencePiece model;
     - ``"mistral"``: the 32K SentencePiece model of Mistral 7B, ``tokenizer.model.v1`` from the

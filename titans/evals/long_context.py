@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from titans.evals.tasks import NEEDLE_TASKS, TASKS, TaskGenerator, TaskItem, score
+from titans.checks import check_int
+from titans.evals.tasks import TaskGenerator, TaskItem, needs_depth, score
 from titans.machine import PeakMemory
 from titans.models.blocks import variant_spec
 from titans.models.lm import TitansLM
@@ -77,17 +78,14 @@ def evaluate_task(
     :class:`titans.machine.PeakMemory`; per length), ``skipped`` (why a length was not
     evaluated, else None) and ``predictions`` (``[answer, greedy continuation]`` per item).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
-    if task in NEEDLE_TASKS:
+    if needs_depth(task):
         if not depths:
             raise ValueError(f"{task} is a needle task: give the needle depths")
     elif depths is not None:
         raise ValueError(f"{task} scatters its facts: depths must be None")
     cells = list(depths) if depths is not None else [None]
     for name, value in (("num_items", num_items), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(name, value, 1)
     if not lengths:
         raise ValueError("give at least one context length")
     device = next(model.parameters()).device

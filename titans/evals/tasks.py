@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from titans.checks import check_int, check_number, check_numbers
 from titans.evals.babi import BABI_TASKS, generate_story
 
 NEEDLE_TASKS = ("niah1", "niah2", "niah3")
@@ -162,14 +163,11 @@ class TaskGenerator:
         reserve_answer: make the context ``length - len(answer_ids)`` tokens, so that context +
             answer is ``length`` (training sequences).
         """
-        _check_task(task)
-        _check_int("length", length, 1)
-        _check_int("index", index, 0)
-        _check_int("seed", seed, 0)
-        if task in NEEDLE_TASKS:
-            if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not (
-                    0 <= depth <= 1):
-                raise ValueError(f"{task} needs a depth in [0, 1], got {depth!r}")
+        needle = needs_depth(task)  # an unknown task raises here
+        for name, value, low in (("length", length, 1), ("index", index, 0), ("seed", seed, 0)):
+            check_int(name, value, low, numpy=True)
+        if needle:
+            check_number(f"{task}'s depth", depth, "in [0, 1]", lambda d: 0 <= d <= 1)
             depth = float(depth)
         elif depth is not None:
             raise ValueError(f"{task} scatters its facts through the prose: depth must be None, "
@@ -237,14 +235,7 @@ class TaskBatches:
 
     def __init__(self, generator: TaskGenerator, tasks: Sequence[str],
                  weights: Sequence[float] | None = None, score_context: bool = False) -> None:
-        if not tasks:
-            raise ValueError("TaskBatches needs at least one task")
-        for task in tasks:
-            _check_task(task)
-        if weights is not None and (len(weights) != len(tasks) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf
-                for w in weights)):
-            raise ValueError(f"weights must be one number > 0 per task, got {weights!r}")
+        check_task_mix(tasks, weights)
         self.weights = None if weights is None else tuple(float(w) for w in weights)
         self.generator = generator
         self.tasks = tuple(tasks)
@@ -261,7 +252,7 @@ class TaskBatches:
             row = (step * world_size + rank) * batch_size + r
             rng = random.Random(f"batch/{seed}/{row}")
             task = rng.choices(self.tasks, self.weights)[0]
-            depth = rng.random() if task in NEEDLE_TASKS else None
+            depth = rng.random() if needs_depth(task) else None
             item = self.generator.item(task, seq_len, depth, row, seed + 1_000_003,
                                        reserve_answer=True)
             n = len(item.answer_ids)
@@ -297,11 +288,24 @@ def _content(task: str, rng: random.Random) -> tuple[list[str], str, str]:
     return list(story.facts), f"{story.question}\nAnswer:", story.answer
 
 
-def _check_task(task: str) -> None:
+def needs_depth(task: str) -> bool:
+    """Whether ``task``'s items hide a needle at a depth the caller chooses (the needle tasks),
+    rather than scatter their facts through the prose (the bAbI tasks, which take no depth).
+    An unknown task raises ``ValueError``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+    return task in NEEDLE_TASKS
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+def check_task_mix(tasks: Sequence[str], weights: Sequence[float] | None, prefix: str = "") -> None:
+    """Raise ``ValueError`` unless ``tasks`` is a non-empty list of :data:`TASKS` and ``weights``
+    None (uniform) or one finite number > 0 per task. ``prefix`` goes before the field names in
+    the messages (``"task."`` for a config file's task section)."""
+    if not isinstance(tasks, (list, tuple)) or not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"{prefix}tasks must be a non-empty list of {TASKS}, got {tasks!r}")
+    if weights is None:
+        return
+    check_numbers(f"{prefix}weights", weights, "in (0, inf)", lambda w: 0 < w < math.inf)
+    if len(weights) != len(tasks):
+        raise ValueError(f"{prefix}weights must be one number per task ({len(tasks)} tasks), "
+                         f"got {weights!r}")

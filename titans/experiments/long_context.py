@@ -20,8 +20,9 @@ from titans import runs
 from titans.config_files import DataConfig, TaskConfig
 from titans.data.pipeline import load_corpus
 from titans.data.tokenizer import Tokenizer
+from titans.evals.babi import BABI_TASKS
 from titans.evals.long_context import evaluate_task
-from titans.evals.tasks import NEEDLE_TASKS, TaskGenerator
+from titans.evals.tasks import NEEDLE_TASKS, TaskGenerator, needs_depth
 from titans.io import atomic_save_json
 from titans.machine import describe_machine
 from titans.models import TitansLM
@@ -29,9 +30,9 @@ from titans.plots import format_length, plot_accuracy_vs_length, plot_niah_heatm
 
 # Defaults of `titans eval niah|babi`: full and --quick settings.
 TASK_EVAL = {
-    "niah": {"tasks": ["niah1", "niah2", "niah3"], "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
+    "niah": {"tasks": list(NEEDLE_TASKS), "depths": [0.0, 0.25, 0.5, 0.75, 1.0],
              "multipliers": [1, 4, 16, 64], "items": 4},
-    "babi": {"tasks": ["qa1", "qa2", "qa3", "qa4", "qa5"], "depths": None,
+    "babi": {"tasks": list(BABI_TASKS), "depths": None,  # bAbI facts are scattered: no depth
              "multipliers": [1, 4, 16, 64], "items": 8},
 }
 QUICK = {"multipliers": [1, 4], "items": 2, "niah_depths": [0.0, 0.5, 1.0]}
@@ -56,7 +57,7 @@ def task_accuracy(model: TitansLM, generator: TaskGenerator, task_cfg: TaskConfi
     """Answer accuracy per task at one context length, over depths and items (held-out prose)."""
     accuracy = {}
     for task in task_cfg.tasks:
-        depths = task_cfg.eval_depths if task in NEEDLE_TASKS else None
+        depths = task_cfg.eval_depths if needs_depth(task) else None
         rows = evaluate_task(model, generator, task, [length], depths, task_cfg.eval_items)
         accuracy[task] = sum(r["correct"] for r in rows) / sum(r["items"] for r in rows)
     return accuracy
@@ -92,7 +93,7 @@ def evaluate_runs(
     wrong = [t for t in tasks if t not in defaults["tasks"]]
     if wrong:
         raise ValueError(f"titans eval {kind} runs {defaults['tasks']}, not {wrong}")
-    if defaults["depths"] is not None:
+    if all(needs_depth(task) for task in tasks):  # a kind's tasks all take depths, or none does
         depths = depths or (QUICK["niah_depths"] if quick else defaults["depths"])
         if any(not 0 <= d <= 1 for d in depths):
             raise ValueError(f"--depths must lie in [0, 1], got {depths}")
@@ -142,7 +143,7 @@ def _plot(report: dict[str, Any], folder: Path) -> None:
                   for name, m in report["models"].items()}
         plot_accuracy_vs_length(curves, folder / f"{task}-accuracy-vs-length.png",
                                 title=f"{task}: accuracy against context length")
-        if report["depths"] is not None:
+        if needs_depth(task):
             for name, rows in curves.items():
                 plot_niah_heatmap(rows, folder / f"{task}-{name}.png", title=f"{task}, {name}")
 
