@@ -20,12 +20,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from titans.config_files import COMPARE_SECTIONS, RUN_SECTIONS, load_values
+from titans.config_files import COMPARE_SECTIONS, EVAL_SPLITS, RUN_SECTIONS, EvalConfig, load_values
 from titans.data import DataUnavailableError
 from titans.experiments import single_run
 from titans.experiments.compare import compare
-from titans.experiments.long_context import evaluate_runs
-from titans.models import VARIANTS, TitansConfig
+from titans.experiments.long_context import TASK_EVAL, evaluate_runs
+from titans.models import PRESETS, VARIANTS, TitansConfig
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -82,16 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval", help="perplexity of a run, or long-context accuracy (niah, babi) of runs")
-    p.add_argument("kind", nargs="?", default="perplexity", choices=["perplexity", "niah", "babi"],
+    p.add_argument("kind", nargs="?", default="perplexity", choices=["perplexity", *TASK_EVAL],
                    help="perplexity (default); niah: S-NIAH-1/2/3; babi: bAbI qa1-qa5 in prose")
     p.add_argument("--run", required=True, nargs="+",
                    help="run directory (niah/babi: one or more, compared side by side)")
-    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--split", default=EvalConfig.split, choices=EVAL_SPLITS)
     p.add_argument("--context-lengths", type=int, nargs="+",
                    help="tokens per evaluated context (default: 1x and 4x the training length)")
-    p.add_argument("--max-tokens", type=int, default=65536, help="scored tokens per length")
+    p.add_argument("--max-tokens", type=int, default=EvalConfig.max_tokens,
+                   help="scored tokens per length")
     tasks = p.add_argument_group("niah / babi")
-    tasks.add_argument("--tasks", nargs="+", help="subset of niah1 niah2 niah3 / qa1 .. qa5")
+    tasks.add_argument("--tasks", nargs="+", help="subset of " + " / ".join(
+        " ".join(kind["tasks"]) for kind in TASK_EVAL.values()))
     tasks.add_argument("--lengths", type=int, nargs="+",
                        help="context lengths in tokens (default: 1x, 4x, 16x, 64x the training "
                             "length; --quick: 1x, 4x)")
@@ -125,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="a config and its parameter count")
     config_args(p)
     p.add_argument("--run", help="a trained run instead of a config")
-    p.add_argument("--preset", help="tiny, small, 170M, 340M, 760M, 1.3B")
+    p.add_argument("--preset", help=", ".join(PRESETS))
     p.add_argument("--variant", help="; ".join(f"{name}: {spec.description}"
                                               for name, spec in VARIANTS.items()))
     p.set_defaults(func=cmd_info)

@@ -11,7 +11,7 @@ from pathlib import Path
 from titans.config_files import DataConfig
 from titans.data.corpus import Corpus, corpus_from_documents
 from titans.data.packing import TokenFile, prepare_data
-from titans.data.sources import load_documents
+from titans.data.sources import HF_PREFIX, load_documents
 from titans.data.stdlib import default_corpus
 from titans.data.tokenizer import Tokenizer, bpe_vocab_size, load_tokenizer
 from titans.io import safe_filename
@@ -19,8 +19,8 @@ from titans.io import safe_filename
 
 def source_name(source: str) -> str:
     """A cache-safe name for a data source: its base name and a short hash of where it is."""
-    if source.startswith("hf:"):
-        stem = source[3:]
+    if source.startswith(HF_PREFIX):
+        stem = source[len(HF_PREFIX):]
     else:
         path = Path(source).expanduser().resolve()
         source, stem = str(path), path.stem
