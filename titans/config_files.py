@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from titans.checks import check_bool, check_choice, check_int, check_ints, check_numbers
+from titans.data.sources import DEFAULT_SOURCE
 from titans.data.tokenizer import DEFAULT_TOKENIZER
 from titans.evals.tasks import TASKS, check_task_mix
 from titans.models.config import TitansConfig
@@ -56,7 +57,7 @@ class DataConfig:
     """Where the text comes from and how it is tokenized (see ``titans.data``)."""
 
     # "default" (the embedded corpus), a file, folder, .jsonl or .parquet, or hf:<name>
-    source: str = "default"
+    source: str = DEFAULT_SOURCE
     # "bpe[:vocab]" (trained on the corpus), a tokenizer.json, a SentencePiece .model, "mistral"
     tokenizer: str = DEFAULT_TOKENIZER
     text_field: str = "text"  # JSONL / Parquet / HF column holding the text

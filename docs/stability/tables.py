@@ -18,8 +18,10 @@ from pathlib import Path
 
 import matplotlib
 
+from titans.experiments.compare import RESULTS_FILE
 from titans.io import atomic_save_json, atomic_write
-from titans.runs import read_metrics
+from titans.models.health import WEIGHT_NORM_KEY
+from titans.runs import METRICS_FILE, read_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -33,11 +35,11 @@ def collect() -> dict[str, dict]:
     """Per model, the numbers the page quotes, from each half's results.json and metrics."""
     out = {}
     for half in sorted(RUNS.iterdir()):
-        for result in json.loads((half / "results.json").read_text())["results"]:
-            records = read_metrics(half / result["name"] / "metrics.jsonl")
+        for result in json.loads((half / RESULTS_FILE).read_text())["results"]:
+            records = read_metrics(half / result["name"] / METRICS_FILE)
             steps = [r for r in records if "loss" in r]
             norms = [r["grad_norm"] for r in steps]
-            weights = [r["memory_weight_norm_max"] for r in steps if "memory_weight_norm_max" in r]
+            weights = [r[WEIGHT_NORM_KEY] for r in steps if WEIGHT_NORM_KEY in r]
             out[result["name"]] = {
                 "variant": result["variant"], "parameters": result["parameters"],
                 "val_loss": {r["step"]: r["val_loss"] for r in records if "val_loss" in r},

@@ -11,7 +11,7 @@ from pathlib import Path
 from titans.config_files import DataConfig
 from titans.data.corpus import Corpus, corpus_from_documents
 from titans.data.packing import TokenFile, prepare_data
-from titans.data.sources import HF_PREFIX, load_documents
+from titans.data.sources import DEFAULT_SOURCE, HF_PREFIX, load_documents
 from titans.data.stdlib import default_corpus
 from titans.data.tokenizer import Tokenizer, bpe_vocab_size, load_tokenizer
 from titans.io import safe_filename
@@ -30,7 +30,7 @@ def source_name(source: str) -> str:
 
 def load_corpus(data: DataConfig) -> tuple[Corpus, Tokenizer]:
     """The data config's corpus (split by document) and tokenizer (both cached)."""
-    if data.source == "default":
+    if data.source == DEFAULT_SOURCE:
         corpus = default_corpus()
     else:
         docs = load_documents(data.source, data.text_field)

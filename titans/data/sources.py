@@ -13,6 +13,7 @@ from titans.io import atomic_write
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".json-lines")
 HF_PREFIX = "hf:"
+DEFAULT_SOURCE = "default"  # a data config's source naming the embedded corpus (titans.data.stdlib)
 
 
 def load_documents(source: str | Path, text_field: str = "text") -> list[Document]:

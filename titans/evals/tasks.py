@@ -44,6 +44,7 @@ from torch import Tensor
 
 from titans.checks import check_int, check_number, check_numbers
 from titans.evals.babi import BABI_TASKS, generate_story
+from titans.models.lm import IGNORE_INDEX
 
 NEEDLE_TASKS = ("niah1", "niah2", "niah3")
 TASKS = NEEDLE_TASKS + BABI_TASKS
@@ -247,7 +248,7 @@ class TaskBatches:
     ) -> tuple[Tensor, Tensor]:
         """[batch_size, seq_len] input ids and labels (int64, CPU)."""
         ids = np.empty((batch_size, seq_len), dtype=np.int64)
-        labels = np.full((batch_size, seq_len), -100, dtype=np.int64)
+        labels = np.full((batch_size, seq_len), IGNORE_INDEX, dtype=np.int64)
         for r in range(batch_size):
             row = (step * world_size + rank) * batch_size + r
             rng = random.Random(f"batch/{seed}/{row}")

@@ -23,6 +23,8 @@ from titans.layers.tags import is_residual_projection, mark_no_weight_decay
 from titans.models.blocks import LayerState, TitansBlock
 from titans.models.config import TitansConfig
 
+IGNORE_INDEX = -100  # a label the loss skips (cross_entropy's default ignore_index)
+
 
 def _tensors(obj: Any) -> Iterator[Tensor]:
     """Every tensor inside a (nested) state of dataclasses, lists and tuples."""
@@ -166,13 +168,13 @@ class TitansLM(nn.Module):
             # Position t predicts labels[:, t + 1]; the last position has no target. Padding the
             # targets (not slicing the logits) keeps the [B * T, V] scores a view: a slice would
             # be copied here and again, zero-filled at full size, in the backward pass.
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100).flatten()
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).flatten()
             if logits is not None:
                 scores = logits.flatten(0, 1)
             else:
-                scored = targets != -100
+                scored = targets != IGNORE_INDEX
                 scores, targets = self.lm_head(x.flatten(0, 1)[scored]), targets[scored]
-            loss = F.cross_entropy(scores.float(), targets, ignore_index=-100)
+            loss = F.cross_entropy(scores.float(), targets, ignore_index=IGNORE_INDEX)
         return TitansOutput(logits, loss, TitansState(layer_states, state.position + t_len, b))
 
     @torch.no_grad()
