@@ -1,5 +1,7 @@
 """Config files: YAML and TOML map onto the dataclasses; --set overrides; clear errors."""
 
+import re
+
 import pytest
 
 from titans.config_files import (
@@ -15,6 +17,8 @@ from titans.config_files import (
     model_config,
     read_config_file,
 )
+from titans.data.tokenizer import DEFAULT_BPE_VOCAB, bpe_vocab_size
+from titans.evals.tasks import TASKS
 
 
 def test_yaml_and_toml_give_the_same_values(tmp_path):
@@ -99,6 +103,24 @@ def test_model_section_takes_the_tokenizer_vocab_and_presets():
 def test_bad_values_raise(cls, values, field):
     with pytest.raises(ValueError, match=field):
         cls(**values)
+
+
+def test_defaults_come_from_their_owners():
+    """The default tokenizer is the tokenizer module's BPE spec; the default tasks are all tasks."""
+    assert bpe_vocab_size(DataConfig().tokenizer) == DEFAULT_BPE_VOCAB
+    assert TaskConfig().tasks == list(TASKS)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"tasks": ["qa9"]}, "task.tasks must be a non-empty list"),
+    ({"weights": [1.0]}, "task.weights must be one number per task"),
+    ({"score_context": 1}, "task.score_context must be a bool, got 1"),
+    ({"eval_depths": [0.5, 1.5]}, "task.eval_depths must be a non-empty list of numbers in [0, 1]"),
+    ({"eval_items": 0}, "task.eval_items must be an int >= 1, got 0"),
+])
+def test_bad_task_values_raise(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TaskConfig(**values)
 
 
 def test_missing_or_unsupported_files(tmp_path):

@@ -25,6 +25,8 @@ from titans.evals.tasks import (
     TaskBatches,
     TaskGenerator,
     _content,
+    check_task_mix,
+    needs_depth,
     score,
     split_sentences,
 )
@@ -447,6 +449,24 @@ def test_task_batches_draw_needle_depths_across_the_context(generator):
 def test_task_batches_reject_bad_tasks_and_weights(generator, tasks, weights):
     with pytest.raises(ValueError):
         TaskBatches(generator, tasks, weights)
+
+
+def test_needle_tasks_and_only_they_take_a_depth():
+    assert [t for t in TASKS if needs_depth(t)] == list(NEEDLE_TASKS)
+    assert not any(needs_depth(t) for t in BABI_TASKS)
+    with pytest.raises(ValueError, match="unknown task 'niah4'"):
+        needs_depth("niah4")
+
+
+def test_task_mix_errors_name_the_field_with_its_prefix():
+    check_task_mix(["niah1", "qa1"], [1, 2.5])
+    check_task_mix(("qa2",), None)
+    with pytest.raises(ValueError, match=r"^task\.tasks must be a non-empty list of .*'nope'"):
+        check_task_mix(["niah1", "nope"], None, "task.")
+    with pytest.raises(ValueError, match=r"^task\.weights must be a non-empty list of numbers"):
+        check_task_mix(["niah1"], [float("nan")], "task.")
+    with pytest.raises(ValueError, match=r"^weights must be one number per task \(2 tasks\)"):
+        check_task_mix(["niah1", "qa1"], [1])
 
 
 def test_task_batches_too_short_sequences_raise(generator):
