@@ -324,6 +324,7 @@ def test_segment_products_match_explicit_products():
         (lambda a: a.update(k=a["k"][..., :-1]), "q and k"),
         (lambda a: a.update(lr=a["lr"][..., None]), "lr must be"),
         (lambda a: a.update(chunk_size=0), "chunk_size"),
+        (lambda a: a.update(chunk_size=None), "chunk_size must be an int >= 1, got None"),
         (lambda a: a.update(activation="tanh"), "activation"),
         (lambda a: a.update(v=a["v"][..., :-1]), "value dim"),
         (lambda a: a.update(q=a["q"].long(), k=a["k"].long()), "floating-point"),

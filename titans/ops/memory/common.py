@@ -112,11 +112,13 @@ def check_inputs(
     norm_bias: Tensor | None = None,
     max_grad_norm: float | None = None,
     checkpoint_chunks: int | None = None,
+    chunked: bool = True,
 ) -> None:
     """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops:
     the tensors' dtypes and shapes, the state, and the settings (:func:`check_settings`).
 
-    chunk_size: None for an op that has no chunk size (memory_recurrent stays in one chunk).
+    chunked: False for an op that has no chunk size (memory_recurrent stays in one chunk; it
+        passes chunk_size None).
     """
     for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr), ("momentum", momentum),
                     ("decay", decay)):
@@ -133,7 +135,7 @@ def check_inputs(
             raise ValueError(
                 f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)}"
             )
-    check_settings(activation, max_grad_norm, chunk_size, checkpoint_chunks)
+    check_settings(activation, max_grad_norm, chunk_size, checkpoint_chunks, chunked=chunked)
     b, _, h, d_k = q.shape
     check_memory(state, b, h, d_k, v.shape[-1], residual_norm, norm_weight, norm_bias)
 
@@ -143,17 +145,20 @@ def check_settings(
     max_grad_norm: float | None = None,
     chunk_size: int | None = None,
     checkpoint_chunks: int | None = None,
+    *,
+    chunked: bool = True,
 ) -> None:
     """Raise ``ValueError`` for a bad scalar setting of the memory ops: ``activation`` one of
     :data:`ACTIVATIONS`, ``max_grad_norm`` None (no clipping) or a number > 0, ``chunk_size``
-    an int >= 1 (None: an op without chunks), ``checkpoint_chunks`` None or an int >= 1.
+    an int >= 1 (not checked with ``chunked=False``: an op without chunks),
+    ``checkpoint_chunks`` None or an int >= 1.
 
     The ops check their settings on every call; :class:`titans.layers.NeuralMemory` checks its
     own with this when it is built, so a bad one fails there and not at the first forward.
     """
     check_choice("activation", activation, ACTIVATIONS)
     check_number("max_grad_norm", max_grad_norm, "> 0", lambda x: x > 0, optional=True)
-    if chunk_size is not None:
+    if chunked:
         check_int("chunk_size", chunk_size, 1)
     check_int("checkpoint_chunks", checkpoint_chunks, 1, optional=True)
 
@@ -287,7 +292,7 @@ def read(
     if not q.is_floating_point() or q.dim() != 4:
         raise ValueError(f"q must be a floating-point [B, H, T, D] tensor, got {q.dtype} "
                          f"{tuple(q.shape)}")
-    check_settings(activation)
+    check_settings(activation, chunked=False)
     b, h, _, d = q.shape
     check_memory(state, b, h, d, state.weights[-1].shape[-1], residual_norm, norm_weight,
                  norm_bias)

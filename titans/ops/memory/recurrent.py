@@ -69,7 +69,7 @@ def memory_recurrent(
         o: [B, n, H, D_v] in q's dtype, and the running state after the last token (>= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, boundary, None, activation, residual_norm,
-                 norm_weight, norm_bias, max_grad_norm)
+                 norm_weight, norm_bias, max_grad_norm, chunked=False)
     shapes = [tuple(w.shape) for w in boundary.weights]
     if [tuple(w.shape) for w in current.weights] != shapes:
         raise ValueError(
