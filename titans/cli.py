@@ -22,6 +22,7 @@ from pathlib import Path
 
 from titans.config_files import COMPARE_SECTIONS, EVAL_SPLITS, RUN_SECTIONS, EvalConfig, load_values
 from titans.data import DataUnavailableError
+from titans.evals.long_context import BATCH_SIZE, MAX_FULL_ATTENTION, PIECE_LEN
 from titans.experiments import single_run
 from titans.experiments.compare import compare
 from titans.experiments.long_context import TASK_EVAL, evaluate_runs
@@ -105,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--quick", action="store_true", help="a few minutes: small lengths, "
                                                            "fewer depths and items")
     tasks.add_argument("--seed", type=int, default=0, help="which items (same for every model)")
-    tasks.add_argument("--batch-size", type=int, default=8, help="items streamed side by side")
-    tasks.add_argument("--piece-len", type=int, default=2048, help="tokens per streamed piece")
-    tasks.add_argument("--max-full-attention", type=int, default=65536,
+    tasks.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                       help="items streamed side by side")
+    tasks.add_argument("--piece-len", type=int, default=PIECE_LEN,
+                       help="tokens per streamed piece")
+    tasks.add_argument("--max-full-attention", type=int, default=MAX_FULL_ATTENTION,
                        help="longest context run for the full-attention baseline (its KV cache "
                             "grows with the context)")
     tasks.add_argument("--out", help="JSON results (default: ./niah.json or ./babi.json)")

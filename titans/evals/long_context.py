@@ -26,10 +26,15 @@ from titans.models.blocks import variant_spec
 from titans.models.lm import TitansLM
 from titans.models.streaming import stream
 
+# Defaults of the evaluation, shared by the experiments and the CLI.
+BATCH_SIZE = 8  # items streamed side by side
+PIECE_LEN = 2048  # tokens per streamed piece
+MAX_FULL_ATTENTION = 65536  # longest context run for a variant whose state grows (KV cache)
+
 
 @torch.no_grad()
 def answer_items(
-    model: TitansLM, items: Sequence[TaskItem], piece_len: int = 2048
+    model: TitansLM, items: Sequence[TaskItem], piece_len: int = PIECE_LEN
 ) -> list[list[int]]:
     """Greedy continuation of each item's context: ``len(item.answer_ids)`` new token ids each.
 
@@ -61,9 +66,9 @@ def evaluate_task(
     depths: Sequence[float] | None = None,
     num_items: int = 4,
     seed: int = 0,
-    batch_size: int = 8,
-    piece_len: int = 2048,
-    max_full_attention_length: int | None = 65536,
+    batch_size: int = BATCH_SIZE,
+    piece_len: int = PIECE_LEN,
+    max_full_attention_length: int | None = MAX_FULL_ATTENTION,
 ) -> list[dict[str, Any]]:
     """Accuracy of ``model`` on ``task`` at every (length, depth).
 

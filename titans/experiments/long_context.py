@@ -21,7 +21,7 @@ from titans.config_files import DataConfig, TaskConfig
 from titans.data.pipeline import load_corpus
 from titans.data.tokenizer import Tokenizer
 from titans.evals.babi import BABI_TASKS
-from titans.evals.long_context import evaluate_task
+from titans.evals.long_context import BATCH_SIZE, MAX_FULL_ATTENTION, PIECE_LEN, evaluate_task
 from titans.evals.tasks import NEEDLE_TASKS, TaskGenerator, needs_depth
 from titans.io import atomic_save_json
 from titans.machine import describe_machine
@@ -73,9 +73,9 @@ def evaluate_runs(
     items: int | None = None,
     quick: bool = False,
     seed: int = 0,
-    batch_size: int = 8,
-    piece_len: int = 2048,
-    max_full_attention: int | None = 65536,
+    batch_size: int = BATCH_SIZE,
+    piece_len: int = PIECE_LEN,
+    max_full_attention: int | None = MAX_FULL_ATTENTION,
     out: str | None = None,
     plots: str | None = None,
 ) -> dict[str, Any]:
