@@ -65,6 +65,37 @@ def test_train_resume_eval_generate_info(tmp_path, docs, capsys):
     assert f"parameters: {count_parameters(cfg):,}" in out and cfg.vocab_size == 300
 
 
+def test_a_run_from_before_the_runtime_section_evals_samples_and_resumes(tmp_path, docs, capsys):
+    """Its config.json keeps the knobs in the model config and the compile switch in train; every
+    command reads them as the run's runtime, and the resumed run saves the new session's."""
+    config = write_config(tmp_path, docs)
+    run = tmp_path / "run"
+    main(["train", "--config", str(config), "--out", str(run), "--set", "train.max_steps=3"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["runtime"] == {"compile": "none", "memory_checkpoint_chunks": 16,
+                                "attention_block_size": 512}
+    model = saved["model"]
+    former = {"model": {**model, "attention_block_size": 8, "memory_checkpoint_chunks": 2,
+                        "compile_memory": False}, "train": {**saved["train"], "compile": False}}
+    (run / "config.json").write_text(json.dumps(former))
+    capsys.readouterr()
+
+    main(["eval", "--run", str(run), "--context-lengths", "16", "--max-tokens", "100"])
+    assert json.loads((run / "eval.json").read_text())["results"][0]["context_length"] == 16
+    main(["generate", "--run", str(run), "--prompt", "the people", "--max-new-tokens", "3"])
+    main(["info", "--run", str(run)])
+    out = capsys.readouterr().out
+    assert "bits/byte" in out and "\nthe people" in out and '"hidden_size": 32' in out
+    assert "attention_block_size" not in out  # info shows the model config only
+    main(["train", "--config", str(config), "--out", str(run), "--resume",
+          "--set", "runtime.attention_block_size=4"])
+    assert json.loads(capsys.readouterr().out)["steps"] == 6
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed == {"model": model, "train": {**saved["train"], "max_steps": 6},
+                       "runtime": {"compile": "none", "memory_checkpoint_chunks": 16,
+                                   "attention_block_size": 4}}
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_info_from_a_preset_needs_no_data(capsys, preset):
     main(["info", "--preset", preset, "--variant", "lmm"])
@@ -101,6 +132,8 @@ def test_compare_trains_equal_sized_models_and_writes_the_report(tmp_path, docs,
     (["--set", "data.source=/does/not/exist"], "does not exist"),
     (["--set", "trian.lr=1"], "unknown config sections"),
     (["--set", "train.lr"], "key=value"),
+    (["--set", "model.compile_memory=true"], "runtime section: runtime.compile: memory"),
+    (["--set", "runtime.compile=yes"], "RuntimeConfig.compile must be one of"),
 ])
 def test_bad_configs_exit_with_one_line(tmp_path, docs, capsys, args, message):
     config = write_config(tmp_path, docs)

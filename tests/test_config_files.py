@@ -19,6 +19,7 @@ from titans.config_files import (
 )
 from titans.data.tokenizer import DEFAULT_BPE_VOCAB, bpe_vocab_size
 from titans.evals.tasks import TASKS
+from titans.runtime import RuntimeConfig
 
 
 def test_yaml_and_toml_give_the_same_values(tmp_path):
@@ -44,6 +45,7 @@ def test_shipped_configs_parse_and_build(tmp_path):
         build_dataclass(DataConfig, values.get("data"), "data")
         build_dataclass(EvalConfig, values.get("eval"), "eval")
         build_dataclass(TrainConfig, values.get("train"), "train")
+        build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
         for section in values.get("models", {"": values.get("model")}).values():
             assert model_config(section, 8192).vocab_size == 8192
 
@@ -73,6 +75,34 @@ def test_load_values_reads_the_file_applies_overrides_and_checks_sections(tmp_pa
         load_values(None, ["models.a.variant=mac"], RUN_SECTIONS)
     assert load_values(None, ["models.a.variant=mac"], COMPARE_SECTIONS) == {
         "models": {"a": {"variant": "mac"}}}
+
+
+def test_a_runtime_section_in_run_and_compare_configs(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[runtime]\ncompile = "memory"\nmemory_checkpoint_chunks = 4\n')
+    values = load_values(path, ["runtime.attention_block_size=64"], RUN_SECTIONS)
+    assert build_dataclass(RuntimeConfig, values["runtime"], "runtime") == RuntimeConfig(
+        compile="memory", memory_checkpoint_chunks=4, attention_block_size=64)
+    assert load_values(None, ["runtime.compile=model"], COMPARE_SECTIONS) == {
+        "runtime": {"compile": "model"}}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.attention_block_size=64", "model.attention_block_size has moved to the runtime "
+                                      "section: runtime.attention_block_size"),
+    ("model.memory_checkpoint_chunks=null", "model.memory_checkpoint_chunks has moved to the "
+                                            "runtime section: runtime.memory_checkpoint_chunks"),
+    ("model.compile_memory=true", "model.compile_memory has moved to the runtime section: "
+                                  "runtime.compile: memory"),
+    ("train.compile=true", "train.compile has moved to the runtime section: runtime.compile: "
+                           "model"),
+    ("models.mac.compile_memory=false", "models.mac.compile_memory has moved to the runtime "
+                                        "section: runtime.compile: memory"),
+])
+def test_a_knob_where_it_used_to_be_is_sent_to_the_runtime_section(override, message):
+    sections = COMPARE_SECTIONS if override.startswith("models.") else RUN_SECTIONS
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_values(None, [override], sections)
 
 
 def test_unknown_keys_and_sections_are_named():

@@ -4,6 +4,7 @@ evaluation results. (Checkpoints inside training runs: tests/test_train.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -15,8 +16,9 @@ import pytest
 import safetensors
 import torch
 
-from titans import TitansConfig, TitansLM
+from titans import NeuralMemory, TitansConfig, TitansLM
 from titans.config_files import DataConfig
+from titans.layers.attention import Attention
 from titans.runs import (
     CONFIG_FILE,
     DATA_FILE,
@@ -40,6 +42,7 @@ from titans.runs import (
     save_eval_results,
     set_rng_state,
 )
+from titans.runtime import RuntimeConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,9 +54,13 @@ def tiny_model(**overrides) -> TitansLM:
     return TitansLM(TitansConfig(**{**values, **overrides}))
 
 
+# Not the defaults, so that loading can be seen to apply the run's own.
+RUNTIME = RuntimeConfig(compile="memory", memory_checkpoint_chunks=None, attention_block_size=8)
+
+
 def save(out: Path, model: TitansLM, step: int = 3) -> dict:
     trainer = {"step": step, "tokens": 96, "optimizer": {"lr": torch.tensor([0.5])}}
-    save_checkpoint(out, model, {"seq_len": 8, "lr": 0.1}, trainer)
+    save_checkpoint(out, model, {"seq_len": 8, "lr": 0.1}, RUNTIME, trainer)
     return trainer
 
 
@@ -77,7 +84,8 @@ def test_a_checkpoint_loads_back_as_it_was_saved(tmp_path, tied):
         names = set(f.keys())
     assert ("lm_head.weight" in names) is not tied  # a tied head is stored once
     loaded, config = load_checkpoint(out)
-    assert config == {"model": model.config.to_dict(), "train": {"seq_len": 8, "lr": 0.1}}
+    assert config == {"model": model.config.to_dict(), "train": {"seq_len": 8, "lr": 0.1},
+                      "runtime": dataclasses.asdict(RUNTIME)}
     assert read_config(out) == config
     assert not loaded.training
     assert (loaded.lm_head.weight is loaded.embed_tokens.weight) is tied
@@ -87,6 +95,40 @@ def test_a_checkpoint_loads_back_as_it_was_saved(tmp_path, tied):
     state = read_trainer_state(out)
     assert state.keys() == trainer.keys() and state["step"] == 3
     assert torch.equal(state["optimizer"]["lr"], trainer["optimizer"]["lr"])
+
+
+def block_sizes_and_chunks(model: TitansLM) -> tuple[set, set]:
+    return ({m.block_size for m in model.modules() if isinstance(m, Attention)},
+            {m.checkpoint_chunks for m in model.modules() if isinstance(m, NeuralMemory)})
+
+
+def test_a_loaded_model_runs_with_the_saved_runtime_or_the_one_given(tmp_path):
+    save(tmp_path, tiny_model())
+    assert block_sizes_and_chunks(load_checkpoint(tmp_path)[0]) == ({8}, {None})
+    given = RuntimeConfig(memory_checkpoint_chunks=3, attention_block_size=5)
+    loaded, config = load_checkpoint(tmp_path, given)
+    assert block_sizes_and_chunks(loaded) == ({5}, {3})
+    assert config["runtime"] == dataclasses.asdict(RUNTIME)  # what the run saved
+
+
+def test_a_config_json_from_before_the_runtime_section_is_read_into_one(tmp_path):
+    """Such a config.json kept the knobs in the model config (and the compile switch in train):
+    they are read into the runtime, and the model loads with them."""
+    model = tiny_model()
+    save(tmp_path, model)
+    former = {"model": {**model.config.to_dict(), "attention_block_size": 4,
+                        "memory_checkpoint_chunks": 2, "compile_memory": True},
+              "train": {"seq_len": 8, "lr": 0.1, "compile": False}}
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(former))
+    expected = {"model": model.config.to_dict(), "train": {"seq_len": 8, "lr": 0.1},
+                "runtime": {"compile": "memory", "memory_checkpoint_chunks": 2,
+                            "attention_block_size": 4}}
+    assert read_config(tmp_path) == expected
+    loaded, config = load_checkpoint(tmp_path)
+    assert config == expected and block_sizes_and_chunks(loaded) == ({4}, {2})
+    assert all(m.compile_step for m in loaded.modules() if isinstance(m, NeuralMemory))
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
 
 
 def test_without_a_checkpoint_reading_names_the_missing_files(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from titans import TitansConfig
 from titans.runs import METRICS_FILE, read_metrics
+from titans.runtime import RuntimeConfig
 from titans.tracking import TrainingLog, check_trackers_installed
 from titans.train import TrainConfig
 
@@ -22,7 +23,7 @@ EVAL = {"step": 2, "tokens": 128, "val_loss": 4.07491, "elapsed": 0.9}
 @pytest.mark.parametrize("progress", [True, False])
 def test_records_go_to_the_metrics_file_and_plain_lines(tmp_path, capsys, progress):
     cfg = TrainConfig(out_dir=str(tmp_path), progress=progress)
-    log = TrainingLog(cfg, MODEL, start_step=0, num_steps=4, enabled=True)
+    log = TrainingLog(cfg, MODEL, RuntimeConfig(), start_step=0, num_steps=4, enabled=True)
     log.train_record(STEP, eta=150.0)
     log.step_done()
     log.eval_record(EVAL)
@@ -34,7 +35,8 @@ def test_records_go_to_the_metrics_file_and_plain_lines(tmp_path, capsys, progre
 
 
 def test_a_process_that_does_not_report_writes_nothing(tmp_path, capsys):
-    log = TrainingLog(TrainConfig(out_dir=str(tmp_path / "run")), MODEL, 0, 4, enabled=False)
+    log = TrainingLog(TrainConfig(out_dir=str(tmp_path / "run")), MODEL, RuntimeConfig(), 0, 4,
+                      enabled=False)
     log.train_record(STEP, eta=1.0)
     log.eval_record(EVAL)
     log.close()

@@ -26,6 +26,7 @@ from titans import TitansConfig, TitansLM
 from titans.data.batches import get_batch
 from titans.models.health import HEALTH_KEYS, MemoryHealth
 from titans.runs import STAGING_DIR, load_checkpoint, read_metrics
+from titans.runtime import RuntimeConfig
 from titans.train import TrainConfig, lr_multiplier, param_groups, total_steps, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +64,7 @@ def saved_weights(out_dir: Path) -> dict[str, torch.Tensor]:
      ("max_tokens", 0), ("lr", 0.0), ("lr", True), ("min_lr_ratio", 1.5), ("warmup_steps", -1),
      ("weight_decay", -0.1), ("beta1", 1.0), ("beta2", -0.1), ("grad_clip", -1.0),
      ("eval_every", 0), ("eval_batches", 0), ("save_every", 0), ("log_every", 0), ("seed", -1),
-     ("device", "gpu7"), ("dtype", "float16"), ("compile", 1), ("progress", "yes"),
+     ("device", "gpu7"), ("dtype", "float16"), ("tensorboard", 1), ("progress", "yes"),
      ("out_dir", "")],
 )
 def test_train_config_rejects_bad_values(field: str, value: Any) -> None:
@@ -143,7 +144,8 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> Non
                                      "tokens_per_s", "elapsed", *HEALTH_KEYS}
 
     model, config = load_checkpoint(tmp_path / "run")
-    assert config == {"model": tiny_model_config().to_dict(), "train": asdict(cfg)}
+    assert config == {"model": tiny_model_config().to_dict(), "train": asdict(cfg),
+                      "runtime": asdict(RuntimeConfig())}
     assert model.lm_head.weight is model.embed_tokens.weight  # re-tied, stored once
     assert "lm_head.weight" not in saved_weights(tmp_path / "run")
     with torch.no_grad():  # the checkpoint holds the final weights: it scores the last eval
@@ -218,6 +220,59 @@ def test_resume_errors(tmp_path: Path) -> None:
                                                            eval_every=100), tokens, resume=True)
     assert summary["steps"] == 3 and summary["tokens_per_s"] > 0  # a session of one step
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def assert_same_training(run: Path, other: Path) -> None:
+    """Bit for bit the same weights and the same logged values."""
+    weights, other_weights = saved_weights(run), saved_weights(other)
+    assert weights.keys() == other_weights.keys()
+    for name in weights:
+        assert torch.equal(weights[name], other_weights[name]), name
+
+    def values(path: Path) -> list[tuple]:
+        return [(r["step"], r.get("loss"), r.get("grad_norm"), r.get("val_loss"))
+                for r in read_metrics(path / "metrics.jsonl")]
+
+    assert values(run) == values(other)
+
+
+def test_resume_with_other_runtime_knobs_continues_exactly(tmp_path: Path) -> None:
+    """The runtime is no part of the resume check, and it is saved apart from the model config.
+    Checkpointing recomputes the same chunks and MAC's attention blocks regroup only queries, so
+    this run continues bit for bit (tests/test_runtime.py)."""
+    tokens = synthetic_tokens(4000, seed=0)
+    train(tiny_model_config(), tiny_train_config(tmp_path / "full"), tokens, tokens)
+    resumed = tmp_path / "resumed"
+    train(tiny_model_config(), tiny_train_config(resumed, max_steps=2), tokens, tokens)
+    other = RuntimeConfig(memory_checkpoint_chunks=1, attention_block_size=4)
+    summary = train(tiny_model_config(), tiny_train_config(resumed), tokens, tokens, resume=True,
+                    runtime=other)
+    assert summary["steps"] == 4
+    assert_same_training(resumed, tmp_path / "full")
+    saved = titans.runs.read_config(resumed)
+    assert saved["runtime"] == asdict(other) and saved["model"] == tiny_model_config().to_dict()
+
+
+def test_a_run_from_before_the_runtime_section_resumes_exactly(tmp_path: Path) -> None:
+    """A run directory whose config.json keeps the knobs in the model config (and the compile
+    switch in train), as runs did before the runtime section, resumes; its next checkpoint has
+    a runtime section."""
+    tokens = synthetic_tokens(4000, seed=0)
+    train(tiny_model_config(), tiny_train_config(tmp_path / "full"), tokens, tokens)
+    former = tmp_path / "former"
+    train(tiny_model_config(), tiny_train_config(former, max_steps=2), tokens, tokens)
+    config = json.loads((former / "config.json").read_text())
+    config["model"].update(attention_block_size=8, memory_checkpoint_chunks=2,
+                           compile_memory=False)
+    config["train"]["compile"] = False
+    del config["runtime"]
+    (former / "config.json").write_text(json.dumps(config))
+    assert train(tiny_model_config(), tiny_train_config(former), tokens, tokens,
+                 resume=True)["steps"] == 4
+    assert_same_training(former, tmp_path / "full")
+    saved = json.loads((former / "config.json").read_text())
+    assert saved["runtime"] == asdict(RuntimeConfig()) and "compile" not in saved["train"]
+    assert saved["model"] == tiny_model_config().to_dict()
 
 
 def test_crash_mid_save_keeps_the_previous_checkpoint(
@@ -399,13 +454,13 @@ def test_bfloat16_autocast_on_cpu_keeps_float32_weights(tmp_path: Path) -> None:
 @pytest.mark.slow  # compilation takes minutes on a small CPU
 def test_compiled_model_trains_like_eager(tmp_path: Path) -> None:
     tokens = synthetic_tokens(2000, seed=0)
-    runs = {compiled: train(tiny_model_config(), tiny_train_config(tmp_path / str(compiled),
-                                                                  compile=compiled, max_steps=2),
-                           tokens, tokens)
-            for compiled in (False, True)}
-    assert runs[True]["final_val_loss"] == pytest.approx(runs[False]["final_val_loss"], abs=1e-4)
+    runs = {mode: train(tiny_model_config(), tiny_train_config(tmp_path / mode, max_steps=2),
+                        tokens, tokens, runtime=RuntimeConfig(compile=mode))
+            for mode in ("none", "model")}
+    assert runs["model"]["final_val_loss"] == pytest.approx(runs["none"]["final_val_loss"],
+                                                            abs=1e-4)
     # The saved names are the module's own, not the compiled wrapper's (``_orig_mod.``).
-    assert saved_weights(tmp_path / "True").keys() == saved_weights(tmp_path / "False").keys()
+    assert saved_weights(tmp_path / "model").keys() == saved_weights(tmp_path / "none").keys()
 
 
 # ------------------------------------------------------------------------ processes of their own

@@ -1,11 +1,13 @@
 """Run configuration files (YAML or TOML) mapped onto the typed config dataclasses.
 
 A file has sections ``model`` (TitansConfig fields, plus ``preset``), ``train`` (TrainConfig),
-``data`` (DataConfig) and ``eval`` (EvalConfig); the comparison job has ``models`` (name ->
-model section) instead of ``model``, plus ``match_parameters`` and ``sample``, and optionally
-``task`` (TaskConfig: fine-tune on long-context tasks instead of language modelling). Command-line
-``--set section.key=value`` overrides any value; values are parsed as YAML (``3e-3``, ``true``,
-``[512, 2048]``). Unknown sections or keys are errors that list the valid ones.
+``data`` (DataConfig), ``eval`` (EvalConfig) and ``runtime`` (RuntimeConfig: compilation,
+checkpointing, attention block size; free to change when resuming); the comparison job has
+``models`` (name -> model section) instead of ``model``, plus ``match_parameters`` and ``sample``,
+and optionally ``task`` (TaskConfig: fine-tune on long-context tasks instead of language
+modelling). Command-line ``--set section.key=value`` overrides any value; values are parsed as
+YAML (``3e-3``, ``true``, ``[512, 2048]``). Unknown sections or keys are errors that list the
+valid ones.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from titans.data.sources import DEFAULT_SOURCE
 from titans.data.tokenizer import DEFAULT_TOKENIZER
 from titans.evals.tasks import TASKS, check_task_mix
 from titans.models.config import TitansConfig
+from titans.runtime import FORMER_KEYS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +34,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 # The sections of one run's config file, and of the comparison job's.
-RUN_SECTIONS = ("model", "train", "data", "eval")
-COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task")
+RUN_SECTIONS = ("model", "train", "data", "eval", "runtime")
+COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task",
+                    "runtime")
 # The held-out splits an evaluation may score.
 EVAL_SPLITS = ("validation", "test")
 
@@ -173,6 +177,22 @@ def check_sections(values: dict[str, Any], allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown config sections {unknown}; valid sections: {list(allowed)}")
 
 
+def check_former_keys(values: dict[str, Any]) -> None:
+    """Name the runtime setting that replaced a key of the model sections or of ``train``
+    (:data:`titans.runtime.FORMER_KEYS`), rather than just calling the key unknown."""
+    models = values.get("models")
+    sections = [("model", "model", values.get("model")), ("train", "train", values.get("train"))]
+    if isinstance(models, dict):
+        sections += [("model", f"models.{name}", section) for name, section in models.items()]
+    for kind, where, section in sections:
+        if not isinstance(section, dict):
+            continue
+        for key, setting in FORMER_KEYS[kind].items():
+            if key in section:
+                raise ValueError(f"{where}.{key} has moved to the runtime section: "
+                                 f"runtime.{setting}")
+
+
 def load_values(
     path: str | Path | None, overrides: list[str] | None, sections: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -181,4 +201,5 @@ def load_values(
     values = read_config_file(path) if path else {}
     values = apply_overrides(values, overrides or [])
     check_sections(values, sections)
+    check_former_keys(values)
     return values

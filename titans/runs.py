@@ -3,7 +3,8 @@
 A run directory (``TrainConfig.out_dir``) holds:
 
 - ``model.safetensors``: the weights (a tied LM head is stored once, as the embedding);
-- ``config.json``: ``{"model": TitansConfig fields, "train": TrainConfig fields}``;
+- ``config.json``: ``{"model": TitansConfig fields, "train": TrainConfig fields, "runtime":
+  RuntimeConfig fields}`` (the runtime apart from the model: a run may resume with another one);
 - ``trainer.pt``: what resuming needs besides the weights (progress, optimizer, schedule, every
   RNG's state; see :func:`titans.train.train`);
 - ``metrics.jsonl``: one JSON record per logged training step and per evaluation;
@@ -36,6 +37,7 @@ from titans.config_files import DataConfig
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
 from titans.models.lm import TitansLM
+from titans.runtime import RuntimeConfig, configure_layers, runtime_of_former_config
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -59,11 +61,15 @@ def has_checkpoint(out_dir: str | Path) -> bool:
 
 
 def save_checkpoint(
-    out_dir: Path, model: TitansLM, train_config: dict[str, Any], trainer_state: dict[str, Any]
+    out_dir: Path,
+    model: TitansLM,
+    train_config: dict[str, Any],
+    runtime: RuntimeConfig,
+    trainer_state: dict[str, Any],
 ) -> None:
-    """Write the weights, ``config.json`` (the model's config and ``train_config``, the
-    TrainConfig's fields) and ``trainer_state`` (saved with ``torch.save``; its ``"step"`` also
-    goes into the weights' metadata) into ``out_dir`` as one atomic unit.
+    """Write the weights, ``config.json`` (the model's config, ``train_config``, the
+    TrainConfig's fields, and ``runtime``) and ``trainer_state`` (saved with ``torch.save``; its
+    ``"step"`` also goes into the weights' metadata) into ``out_dir`` as one atomic unit.
 
     The three files are written (each atomically) into a staging directory, ``trainer.pt``
     last, and then moved into ``out_dir``; a crash at any point leaves either the previous
@@ -75,8 +81,8 @@ def save_checkpoint(
     with atomic_write(staging / WEIGHTS_FILE) as f:
         f.write(safetensors.torch.save(_weights(model),
                                        metadata={"step": str(trainer_state["step"])}))
-    atomic_save_json({"model": model.config.to_dict(), "train": train_config},
-                     staging / CONFIG_FILE)
+    atomic_save_json({"model": model.config.to_dict(), "train": train_config,
+                      "runtime": dataclasses.asdict(runtime)}, staging / CONFIG_FILE)
     with atomic_write(staging / TRAINER_FILE) as f:
         torch.save(trainer_state, f)
     commit_checkpoint(out_dir)
@@ -123,9 +129,14 @@ def load_weights(model: TitansLM, out_dir: Path) -> None:
 
 
 def read_config(out_dir: str | Path) -> dict[str, Any]:
-    """The checkpoint's config.json (``{"model": ..., "train": ...}``); ``FileNotFoundError`` if
-    ``out_dir`` holds no complete checkpoint. Read-only: a reader may run while a training process
-    is saving, so only training itself repairs an interrupted save (:func:`commit_checkpoint`)."""
+    """The checkpoint's config.json (``{"model": ..., "train": ..., "runtime": ...}``);
+    ``FileNotFoundError`` if ``out_dir`` holds no complete checkpoint. Read-only: a reader may run
+    while a training process is saving, so only training itself repairs an interrupted save
+    (:func:`commit_checkpoint`).
+
+    A config.json written before the runtime section kept its knobs in the model and train
+    configs; they are read into the runtime (:func:`titans.runtime.runtime_of_former_config`).
+    """
     out_dir = Path(out_dir)
     missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE, TRAINER_FILE) if not (out_dir / n).exists()]
     if missing:
@@ -133,7 +144,11 @@ def read_config(out_dir: str | Path) -> dict[str, Any]:
             f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
             "save_every steps and at its end)"
         )
-    return json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    if "runtime" not in config:
+        model, train, runtime = runtime_of_former_config(config["model"], config["train"])
+        config = {"model": model, "train": train, "runtime": dataclasses.asdict(runtime)}
+    return config
 
 
 def read_trainer_state(out_dir: Path) -> dict[str, Any]:
@@ -141,13 +156,18 @@ def read_trainer_state(out_dir: Path) -> dict[str, Any]:
     return torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(out_dir: str | Path) -> tuple[TitansLM, dict[str, Any]]:
-    """The model saved in ``out_dir`` (on CPU, in eval mode) and its config dict
-    ``{"model": TitansConfig fields, "train": TrainConfig fields}``."""
+def load_checkpoint(
+    out_dir: str | Path, runtime: RuntimeConfig | None = None
+) -> tuple[TitansLM, dict[str, Any]]:
+    """The model saved in ``out_dir`` (on CPU, in eval mode), its layers configured for
+    ``runtime`` (None: the run's own; see :func:`titans.runtime.configure_layers`), and its
+    config dict ``{"model": TitansConfig fields, "train": TrainConfig fields, "runtime":
+    RuntimeConfig fields}`` as saved."""
     out_dir = Path(out_dir)
     config = read_config(out_dir)
     model = TitansLM(TitansConfig.from_dict(config["model"]))
     load_weights(model, out_dir)
+    configure_layers(model, RuntimeConfig(**config["runtime"]) if runtime is None else runtime)
     return model.eval(), config
 
 

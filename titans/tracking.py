@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from titans import runs
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY
+from titans.runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     from titans.train import TrainConfig
@@ -47,6 +48,7 @@ class TrainingLog:
         self,
         cfg: TrainConfig,
         model_config: TitansConfig,
+        runtime: RuntimeConfig,
         start_step: int,
         num_steps: int,
         enabled: bool,
@@ -54,7 +56,7 @@ class TrainingLog:
         self.num_steps = num_steps
         out_dir = Path(cfg.out_dir)
         self.metrics = runs.MetricsLog(out_dir, keep_until=start_step) if enabled else None
-        self.trackers = _Trackers(cfg, model_config, start_step) if enabled else None
+        self.trackers = _Trackers(cfg, model_config, runtime, start_step) if enabled else None
         self.bar = tqdm(
             total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
             disable=not (cfg.progress and enabled and sys.stderr.isatty()),
@@ -101,7 +103,8 @@ class TrainingLog:
 class _Trackers:
     """Optional TensorBoard / Weights & Biases logging, imported only when enabled."""
 
-    def __init__(self, cfg: TrainConfig, model_config: TitansConfig, start_step: int) -> None:
+    def __init__(self, cfg: TrainConfig, model_config: TitansConfig, runtime: RuntimeConfig,
+                 start_step: int) -> None:
         self.tensorboard: Any = None
         self.wandb: Any = None
         out_dir = Path(cfg.out_dir)
@@ -119,7 +122,8 @@ class _Trackers:
             # A resumed run starts a new W&B run; its steps continue from the checkpoint.
             self.wandb = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "titans-lm"), name=out_dir.name,
-                dir=str(out_dir), config={"model": model_config.to_dict(), "train": asdict(cfg)},
+                dir=str(out_dir), config={"model": model_config.to_dict(), "train": asdict(cfg),
+                                          "runtime": asdict(runtime)},
             )
 
     def log(self, record: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from titans.models import no_weight_decay
 from titans.models.config import TitansConfig
 from titans.models.health import LR_KEY, MOMENTUM_KEY, WEIGHT_NORM_KEY, MemoryHealth
 from titans.models.lm import TitansLM
+from titans.runtime import RuntimeConfig, apply_runtime
 from titans.tracking import TrainingLog, check_trackers_installed
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -81,7 +82,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
@@ -105,7 +105,7 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             check_number(f"TrainConfig.{name}", getattr(self, name), "in [0, 1)",
                          lambda v: 0 <= v < 1)
-        for name in ("compile", "tensorboard", "wandb", "progress"):
+        for name in ("tensorboard", "wandb", "progress"):
             check_bool(f"TrainConfig.{name}", getattr(self, name))
         check_choice("TrainConfig.dtype", self.dtype, DTYPES)
         if self.device != "auto":
@@ -184,6 +184,7 @@ def train(
     train_tokens: np.ndarray | BatchSource,
     val_tokens: np.ndarray | BatchSource | None = None,
     resume: bool = False,
+    runtime: RuntimeConfig | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
 
@@ -194,7 +195,10 @@ def train(
     (``FileNotFoundError`` if there is none, ``ValueError`` if it was trained with another model
     config, sequence length, global batch or optimizer hyperparameters; ``max_steps`` and
     ``max_tokens`` may change, to extend a run). Without resume, an out_dir that already holds a
-    checkpoint is refused (``FileExistsError``) rather than overwritten.
+    checkpoint is refused (``FileExistsError``) rather than overwritten. runtime: how the model
+    runs (compilation, the memory's checkpointing, the attention's block size; None:
+    ``RuntimeConfig()``); it is saved with the checkpoint but may change on resume, since it
+    leaves the results as they are (up to float rounding).
 
     Every ``log_every`` steps a record goes to ``metrics.jsonl`` (and TensorBoard / W&B when
     enabled; see :mod:`titans.tracking`): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``,
@@ -215,13 +219,16 @@ def train(
         raise ValueError(f"model_config must be a TitansConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
         raise ValueError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
+    runtime = RuntimeConfig() if runtime is None else runtime
+    if not isinstance(runtime, RuntimeConfig):
+        raise ValueError(f"runtime must be a RuntimeConfig, got {type(runtime).__name__}")
     train_source = as_batch_source("train_tokens", train_tokens, train_config.seq_len)
     val_source = None
     if val_tokens is not None:
         val_source = as_batch_source("val_tokens", val_tokens, train_config.seq_len)
     env = distributed.setup(train_config.device)
     try:
-        return _train(model_config, train_config, train_source, val_source, resume, env)
+        return _train(model_config, train_config, runtime, train_source, val_source, resume, env)
     finally:
         distributed.teardown(env)
 
@@ -229,6 +236,7 @@ def train(
 def _train(
     model_config: TitansConfig,
     cfg: TrainConfig,
+    runtime: RuntimeConfig,
     train_source: BatchSource,
     val_source: BatchSource | None,
     resume: bool,
@@ -272,9 +280,9 @@ def _train(
     def elapsed() -> float:  # wall time of the run: earlier sessions plus this one
         return earlier_sessions + time.perf_counter() - session_start
 
-    # Compile, then wrap for data parallelism; `model` itself stays the plain module whose
-    # weights are saved.
-    step_model: nn.Module = torch.compile(model) if cfg.compile else model
+    # Configure (and maybe compile), then wrap for data parallelism; `model` itself stays the
+    # plain module whose weights are saved.
+    step_model = apply_runtime(model, runtime)
     eval_model = step_model
     if env.is_distributed:
         step_model = DistributedDataParallel(
@@ -282,7 +290,7 @@ def _train(
         )
 
     # ---- logging: metrics.jsonl, trackers, progress (rank 0)
-    log = TrainingLog(cfg, model_config, progress.step, num_steps, enabled=env.is_main)
+    log = TrainingLog(cfg, model_config, runtime, progress.step, num_steps, enabled=env.is_main)
 
     # ---- loop
     window_tokens, window_time = 0, 0.0  # for tokens/s of each logged window
@@ -347,7 +355,8 @@ def _train(
         if save_now:
             if env.is_main:
                 saved = dataclasses.replace(progress, elapsed=elapsed())
-                _save_checkpoint(out_dir, model, cfg, optimizer, saved, num_steps, env.world_size)
+                _save_checkpoint(out_dir, model, cfg, runtime, optimizer, saved, num_steps,
+                                 env.world_size)
             saved_step = progress.step
             distributed.barrier(env)
 
@@ -522,6 +531,7 @@ def _save_checkpoint(
     out_dir: Path,
     model: TitansLM,
     train_config: TrainConfig,
+    runtime: RuntimeConfig,
     optimizer: torch.optim.Optimizer,
     progress: _Progress,
     num_steps: int,
@@ -539,10 +549,11 @@ def _save_checkpoint(
                       "min_lr_ratio": train_config.min_lr_ratio},
         "rng": runs.rng_state(),
     }
-    runs.save_checkpoint(out_dir, model, asdict(train_config), trainer_state)
+    runs.save_checkpoint(out_dir, model, asdict(train_config), runtime, trainer_state)
 
 
-# A resumed run must follow the same trajectory as the interrupted one, so these must match.
+# A resumed run must follow the same trajectory as the interrupted one, so these must match (and
+# the model config). The runtime need not: it changes how fast the steps run, not what they do.
 _RESUME_FIELDS = ("seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1",
                   "beta2", "grad_clip", "seed")
 

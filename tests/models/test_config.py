@@ -17,12 +17,9 @@ PERSISTENT_VARIANTS = ("mac", "mag", "mal")
 PAPER_PRESETS = ("170M", "340M", "760M", "1.3B")
 
 INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "segment_len",
-              "window_size", "attention_block_size", "chunk_size", "memory_depth",
-              "memory_expansion")
-OPTIONAL_INT_FIELDS = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
-                       "memory_checkpoint_chunks")
-BOOL_FIELDS = ("memory_residual_norm", "use_momentum", "use_decay", "compile_memory",
-               "tie_word_embeddings")
+              "window_size", "chunk_size", "memory_depth", "memory_expansion")
+OPTIONAL_INT_FIELDS = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim")
+BOOL_FIELDS = ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings")
 FLOAT_FIELDS = ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range")
 
 
@@ -30,7 +27,7 @@ def small(variant="mac", **overrides):
     """The small model config of tests/models/test_lm.py."""
     values = dict(variant=variant, vocab_size=61, hidden_size=32, num_hidden_layers=2,
                   num_heads=2, segment_len=12, window_size=7, chunk_size=4,
-                  memory_expansion=2, attention_block_size=5)
+                  memory_expansion=2)
     if variant in PERSISTENT_VARIANTS:
         values["num_persistent_tokens"] = 3
     return TitansConfig(**{**values, **overrides})
@@ -87,12 +84,6 @@ def test_optional_int_fields_accept_none_and_reject_zero(field):
     for bad in (0, -2, 2.0, True):
         with raises_naming(field):
             small(**{field: bad})
-
-
-def test_memory_checkpoint_chunks_none_is_kept():
-    """memory_checkpoint_chunks=None stays None (it is not derived)."""
-    assert small(memory_checkpoint_chunks=None).memory_checkpoint_chunks is None
-    assert small().memory_checkpoint_chunks == 16
 
 
 @pytest.mark.parametrize("field", BOOL_FIELDS)
@@ -254,8 +245,7 @@ def test_persistent_tokens_default(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_dict_and_json_round_trip(variant):
     """to_dict -> from_dict (also via JSON) rebuilds an equal config, derived fields included."""
-    cfg = small(variant, memory_activation="silu", memory_checkpoint_chunks=None,
-                rope_theta=500.0, tie_word_embeddings=False)
+    cfg = small(variant, memory_activation="silu", rope_theta=500.0, tie_word_embeddings=False)
     values = cfg.to_dict()
     assert values["variant"] == variant
     assert values["head_dim"] == 16

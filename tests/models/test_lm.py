@@ -6,10 +6,11 @@ import random
 import pytest
 import torch
 
-from titans import TitansConfig, TitansLM
+from titans import RuntimeConfig, TitansConfig, TitansLM, apply_runtime
 from titans.models import ABLATIONS, VARIANTS
 
 MEMORY_VARIANTS = ("mac", "mag", "mal", "lmm")
+SMALL_BLOCKS = RuntimeConfig(attention_block_size=5)
 
 
 def config(variant, dtype_safe=True, **overrides):
@@ -17,15 +18,17 @@ def config(variant, dtype_safe=True, **overrides):
     segments, attention windows and memory chunks on ~50 tokens."""
     values = dict(variant=variant, vocab_size=61, hidden_size=32, num_hidden_layers=2,
                   num_heads=2, segment_len=12, window_size=7, chunk_size=4,
-                  memory_expansion=2, attention_block_size=5)
+                  memory_expansion=2)
     if variant in ("mac", "mag", "mal"):
         values["num_persistent_tokens"] = 3
     return TitansConfig(**{**values, **overrides})
 
 
 def model_for(cfg, dtype=torch.float64, seed=0):
+    """The model of ``cfg``, with attention blocks of 5 queries, so that ~50 tokens cross
+    several blocks too."""
     torch.manual_seed(seed)
-    return TitansLM(cfg).to(dtype)
+    return apply_runtime(TitansLM(cfg).to(dtype), SMALL_BLOCKS)
 
 
 CASES = [(v, {}) for v in VARIANTS] + [

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from titans import TitansConfig, TitansLM, stream, stream_losses
+from titans import RuntimeConfig, TitansConfig, TitansLM, apply_runtime, stream, stream_losses
 
 N = 40  # crosses several MAC segments (12), attention windows (7) and memory chunks (4)
 VOCAB = 61
@@ -17,7 +17,7 @@ def config(variant, **overrides):
     """The small config of tests/models/test_lm.py."""
     values = dict(variant=variant, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                   num_heads=2, segment_len=12, window_size=7, chunk_size=4,
-                  memory_expansion=2, attention_block_size=5)
+                  memory_expansion=2)
     if variant in ("mac", "mag", "mal"):
         values["num_persistent_tokens"] = 3
     return TitansConfig(**{**values, **overrides})
@@ -31,7 +31,9 @@ def model_for(variant, dtype=torch.float64):
     key = (variant, dtype)
     if key not in _MODELS:
         torch.manual_seed(0)
-        _MODELS[key] = TitansLM(config(variant)).to(dtype)
+        # Attention blocks of 5 queries, as in tests/models/test_lm.py.
+        _MODELS[key] = apply_runtime(TitansLM(config(variant)).to(dtype),
+                                     RuntimeConfig(attention_block_size=5))
     return _MODELS[key]
 
 

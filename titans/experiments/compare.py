@@ -25,6 +25,7 @@ from titans.experiments.single_run import context_lengths, print_perplexity
 from titans.io import atomic_save_json
 from titans.models import TitansConfig, count_parameters, match_parameters
 from titans.plots import plot_loss_curves
+from titans.runtime import RuntimeConfig
 from titans.train import TrainConfig, train
 
 RESULTS_FILE = "results.json"
@@ -36,7 +37,8 @@ DEFAULT_SAMPLE = {"prompt": "Fellow-Citizens of the Senate and House of Represen
 def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and tabulate the models of a comparison config's sections (``models``:
     name -> model section; ``match_parameters``, ``train``, ``data``, ``eval``, ``sample``,
-    ``task``) into ``out``. ``resume`` continues (or just re-evaluates) the runs already there.
+    ``task``, ``runtime``: for every model) into ``out``. ``resume`` continues (or just
+    re-evaluates) the runs already there.
 
     Unless ``match_parameters`` is false, every model but the first (the reference) without an
     explicit ``intermediate_size`` has its MLP width matched to the reference's parameter count.
@@ -48,6 +50,7 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
     data = build_dataclass(DataConfig, values.get("data"), "data")
     eval_cfg = build_dataclass(EvalConfig, values.get("eval"), "eval")
     task_cfg = build_dataclass(TaskConfig, values["task"], "task") if "task" in values else None
+    runtime = build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
     sample = {**DEFAULT_SAMPLE, **(values.get("sample") or {})}
     if task_cfg is None:
         tokenizer, files = prepare(data)
@@ -72,13 +75,14 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         print(f"\n== {name}: {cfg.variant}, {count_parameters(cfg):,} parameters", flush=True)
         runs.save_data_config(run, data)
         summary = train(cfg, train_cfg, train_data, val_data,
-                        resume=resume and runs.has_checkpoint(run))
+                        resume=resume and runs.has_checkpoint(run), runtime=runtime)
         if not summary.get("tokens_per_s"):
             # A resumed run that had already finished trained nothing in this session.
             speeds = [r["tokens_per_s"] for r in runs.read_metrics(run / runs.METRICS_FILE)
                       if "tokens_per_s" in r][1:]
             summary["tokens_per_s"] = sum(speeds) / len(speeds) if speeds else float("nan")
-        model, _ = runs.load_checkpoint(run)
+        # This runtime, not the one saved: a finished run resumed with new knobs saves nothing.
+        model, _ = runs.load_checkpoint(run, runtime)
         result = {"name": name, "variant": cfg.variant, "parameters": count_parameters(cfg),
                   "train": summary}
         if task_cfg is None:

@@ -16,12 +16,13 @@ from titans.data.pipeline import prepare, vocab_size
 from titans.data.tokenizer import Tokenizer
 from titans.evals import evaluate_perplexity, generate_text
 from titans.models import TitansConfig, TitansLM, count_parameters
+from titans.runtime import RuntimeConfig
 from titans.train import TrainConfig, train
 
 
 def train_run(values: dict[str, Any], out: str | None, resume: bool) -> dict[str, Any]:
-    """Train the model of a config file's sections (``model``, ``train``, ``data``) into
-    ``out`` (None: ``train.out_dir``), recording the data config in the run; ``resume``
+    """Train the model of a config file's sections (``model``, ``train``, ``data``, ``runtime``)
+    into ``out`` (None: ``train.out_dir``), recording the data config in the run; ``resume``
     continues the run there. Prints and returns the training summary (:func:`titans.train.train`).
     """
     data = build_dataclass(DataConfig, values.get("data"), "data")
@@ -31,9 +32,10 @@ def train_run(values: dict[str, Any], out: str | None, resume: bool) -> dict[str
     if out:
         train_values["out_dir"] = out
     train_cfg = build_dataclass(TrainConfig, train_values, "train")
+    runtime = build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
     runs.save_data_config(train_cfg.out_dir, data)
     summary = train(model_cfg, train_cfg, files["train"].tokens, files["validation"].tokens,
-                    resume=resume)
+                    resume=resume, runtime=runtime)
     print(json.dumps(summary, indent=2))
     return summary
 

@@ -161,6 +161,8 @@ def _positions(start: int, length: int, device: torch.device) -> Tensor:
 
 
 def _memory(cfg: TitansConfig) -> NeuralMemory:
+    """The block's neural memory; its run-time knobs (checkpointing, compilation) keep the
+    layer's defaults until :func:`titans.runtime.apply_runtime` sets them."""
     return NeuralMemory(
         cfg.hidden_size, cfg.memory_num_heads, cfg.memory_head_dim,
         memory_depth=cfg.memory_depth, memory_expansion=cfg.memory_expansion,
@@ -169,16 +171,15 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         max_momentum=cfg.memory_max_momentum, max_decay=cfg.memory_max_decay,
         max_grad_norm=cfg.memory_max_grad_norm,
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
-        checkpoint_chunks=cfg.memory_checkpoint_chunks, compile_step=cfg.compile_memory,
     )
 
 
 def _attention(cfg: TitansConfig) -> Attention:
     """The variant's attention: over the last ``window_size`` tokens if it has a sliding window,
-    else over every token it is given."""
+    else over every token it is given (block size: see :mod:`titans.runtime`)."""
     window = cfg.window_size if variant_spec(cfg.variant).sliding_window else None
     return Attention(cfg.hidden_size, cfg.num_heads, cfg.head_dim, window=window,
-                     rope_theta=cfg.rope_theta, block_size=cfg.attention_block_size)
+                     rope_theta=cfg.rope_theta)
 
 
 class OutputGate(nn.Module):

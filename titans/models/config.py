@@ -45,6 +45,10 @@ class TitansConfig:
     memory_residual_norm=False``; w/o momentum = ``use_momentum=False``; w/o decay =
     ``use_decay=False``; w/o conv = ``conv_kernel=0``; w/o persistent memory =
     ``num_persistent_tokens=0`` (see ``ABLATIONS``).
+
+    What the model computes, not how it runs: compilation, the memory's activation checkpointing
+    and the attention's block size are run-time knobs (:class:`titans.runtime.RuntimeConfig`),
+    set on a built model by :func:`titans.runtime.apply_runtime`.
     """
 
     variant: str = "mac"  # a registered variant (VARIANTS): mac, mag, mal, lmm, transformer, swa
@@ -59,7 +63,6 @@ class TitansConfig:
     window_size: int = 2048  # sliding-window variants: width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
-    attention_block_size: int = 512  # max queries per block (memory ~ T * (block + window))
     # Neural memory.
     chunk_size: int = 16  # tokens per inner mini-batch; divides segment_len for MAC
     memory_depth: int = 2  # layers of the memory MLP (1 + no residual norm = linear memory)
@@ -75,8 +78,6 @@ class TitansConfig:
     use_momentum: bool = True
     use_decay: bool = True
     conv_kernel: int = 4  # causal depthwise conv on q, k, v; 0 = none
-    memory_checkpoint_chunks: int | None = 16  # recompute groups of chunks in backward
-    compile_memory: bool = False  # torch.compile the memory's chunk step
     # Model.
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
@@ -88,15 +89,13 @@ class TitansConfig:
         self._derived = frozenset(name for name in _DERIVED if getattr(self, name) is None)
         spec = variant_spec(self.variant)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads",
-                     "segment_len", "window_size", "attention_block_size", "chunk_size",
-                     "memory_depth", "memory_expansion"):
+                     "segment_len", "window_size", "chunk_size", "memory_depth",
+                     "memory_expansion"):
             check_int(name, getattr(self, name), 1)
         check_int("conv_kernel", self.conv_kernel, 0)
-        for name in ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
-                     "memory_checkpoint_chunks"):
+        for name in ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim"):
             check_int(name, getattr(self, name), 1, optional=True)
-        for name in ("memory_residual_norm", "use_momentum", "use_decay", "compile_memory",
-                     "tie_word_embeddings"):
+        for name in ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings"):
             check_bool(name, getattr(self, name))
         for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
             check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
