@@ -1,7 +1,6 @@
 """TitansLM for every variant: the three equivalences, causality, learning at inference,
 overfitting, bounded state, generation and errors."""
 
-import random
 
 import pytest
 import torch
@@ -44,33 +43,13 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize(("variant", "overrides"), CASES, ids=IDS)
-def test_one_pass_equals_pieces_and_token_by_token_decode(variant, overrides):
+def test_one_pass_equals_pieces_and_token_by_token_decode(variant, overrides,
+                                                          check_stream_equivalences):
     """Logits and final state of one pass == random pieces with carried state == prefill +
     one token at a time; T = 53 is a multiple of no segment, window or chunk."""
     model = model_for(config(variant, **overrides))
     ids = torch.randint(0, 61, (2, 53), generator=torch.Generator().manual_seed(1))
-    full = model(ids)
-
-    rng = random.Random(0)
-    for _ in range(2):
-        cuts = sorted(rng.sample(range(1, 53), 4))
-        state, logits = None, []
-        for a, b in zip([0, *cuts], [*cuts, 53], strict=True):
-            out = model(ids[:, a:b], state)
-            state = out.state
-            logits.append(out.logits)
-        assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
-        assert state.position == 53
-
-    out = model(ids[:, :20])
-    logits = [out.logits]
-    for t in range(20, 53):
-        out = model(ids[:, t:t + 1], out.state)
-        logits.append(out.logits)
-    assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
-    # The final states agree too: continuing from either gives the same logits.
-    nxt = torch.randint(0, 61, (2, 9))
-    assert rel_err(model(nxt, out.state).logits, model(nxt, full.state).logits) < 1e-10
+    check_stream_equivalences(model, ids, prefill=20)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -6,7 +6,6 @@ long-context task evaluation without any change to the package."""
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -132,28 +131,12 @@ def test_toy_variant_configures_trains_and_keeps_a_bounded_state(toy):
     assert later.num_bytes() == out.state.num_bytes()
 
 
-def test_toy_variant_one_pass_equals_pieces_and_token_by_token_decode(toy):
+def test_toy_variant_one_pass_equals_pieces_and_token_by_token_decode(
+        toy, check_stream_equivalences):
     """Logits of one pass == random pieces with carried state == prefill + one token at a time."""
     model = toy_model()
     ids = torch.randint(0, 29, (2, 31), generator=torch.Generator().manual_seed(2))
-    full = model(ids)
-    rng = random.Random(0)
-    for _ in range(2):
-        cuts = sorted(rng.sample(range(1, 31), 4))
-        state, logits = None, []
-        for a, b in zip([0, *cuts], [*cuts, 31], strict=True):
-            out = model(ids[:, a:b], state)
-            state = out.state
-            logits.append(out.logits)
-        assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
-    out = model(ids[:, :10])
-    logits = [out.logits]
-    for t in range(10, 31):
-        out = model(ids[:, t:t + 1], out.state)
-        logits.append(out.logits)
-    assert rel_err(torch.cat(logits, 1), full.logits) < 1e-10
-    nxt = torch.randint(0, 29, (2, 5))  # the final states agree too
-    assert rel_err(model(nxt, out.state).logits, model(nxt, full.state).logits) < 1e-10
+    check_stream_equivalences(model, ids, prefill=10)
 
 
 def test_toy_variant_is_causal(toy):
