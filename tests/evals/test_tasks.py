@@ -19,6 +19,9 @@ from titans.data import train_bpe
 from titans.evals.babi import BABI_TASKS
 from titans.evals.tasks import (
     FILLER,
+    MQ_KEYS,
+    MQ_NEEDLES,
+    MQ_TASK,
     NEEDLE_TASKS,
     TASKS,
     Haystack,
@@ -32,9 +35,10 @@ from titans.evals.tasks import (
 )
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-# bAbI stories take up to ~300 tokens with these small tokenizers, needles and answers ~160.
+# bAbI stories take up to ~300 tokens with these small tokenizers, needles and answers ~160,
+# niah_mq's four needles and questions ~500.
 LENGTHS = {**dict.fromkeys(NEEDLE_TASKS, (167, 250, 1000, 4097)),
-           **dict.fromkeys(BABI_TASKS, (401, 1000, 4097))}
+           **dict.fromkeys(BABI_TASKS, (401, 1000, 4097)), MQ_TASK: (1000, 4097)}
 
 
 def make_prose(num_docs=3, sentences_per_doc=40, seed=0):
@@ -103,8 +107,10 @@ def inserted_sentences(item, seed=0):
     if item.task in NEEDLE_TASKS:
         return [needle_sentence(item.task, item.answer)]
     rng = random.Random(f"{seed}/{item.task}/{item.length}/None/{item.index}")
-    facts, prompt, answer = _content(item.task, rng)
-    assert (prompt, answer) == (item.prompt, item.answer)
+    facts, questions = _content(item.task, rng)
+    *answered, (prompt, answer) = questions
+    assert "".join(f"{p} {a}\nQuestion: " for p, a in answered) + prompt == item.prompt
+    assert answer == item.answer
     return facts
 
 
@@ -137,7 +143,7 @@ def split_item(tokenizer, item, seed=0):
 
 
 def depth_of(task):
-    return 0.3 if task in NEEDLE_TASKS else None
+    return 0.3 if task in NEEDLE_TASKS else None  # niah_mq scatters its needles like bAbI
 
 
 # ----------------------------------------------------------------------------- lengths
@@ -224,6 +230,33 @@ def test_babi_facts_appear_in_story_order(task, generator, tokenizer):
     assert spread >= 3
 
 
+def test_niah_mq_answers_every_needle_by_its_key(generator, tokenizer):
+    needle = re.compile(r"The special magic number for (\w+) is (\d{7})\.")
+    question = re.compile(r"What is the special magic number for (\w+)\?\nAnswer: The special "
+                          r"magic number for (\w+) is")
+    for index in range(6):
+        item = generator.item(MQ_TASK, 1000, None, index)
+        assert item.depth is None
+        prose, _ = split_item(tokenizer, item)
+        find_window(generator.prose, prose)
+        text = tokenizer.decode(item.input_ids)
+        values = dict(needle.findall(text))
+        assert len(values) == MQ_NEEDLES and set(values) <= set(MQ_KEYS)
+        asked = question.findall(item.prompt)
+        assert [a for a, b in asked] == [b for a, b in asked]
+        # Every needle is asked for once; the last question is the item's answer.
+        assert sorted(a for a, _ in asked) == sorted(values)
+        assert item.answer == values[asked[-1][0]]
+        # The earlier questions are answered in the context, at answer_spans.
+        assert len(item.answer_spans) == MQ_NEEDLES - 1
+        for (key, _), (a, b) in zip(asked, item.answer_spans, strict=False):
+            assert item.input_ids[a:b].tolist() == tokenizer.encode(" " + values[key])
+            assert tokenizer.decode(item.input_ids[:a]).endswith(f"magic number for {key} is")
+        assert item.prompt.endswith(f"magic number for {asked[-1][0]} is")
+    for task in NEEDLE_TASKS + BABI_TASKS:
+        assert generator.item(task, 1000, depth_of(task)).answer_spans == ()
+
+
 def test_niah1_hides_its_needle_in_filler(generator, tokenizer):
     for depth in (0.0, 0.5, 1.0):
         item = generator.item("niah1", 400, depth)
@@ -235,9 +268,9 @@ def test_niah1_hides_its_needle_in_filler(generator, tokenizer):
         assert any(f.startswith(sentences[-1]) for f in FILLER)  # the last may be cut
 
 
-@pytest.mark.parametrize("task", ["niah2", "niah3", "qa1"])
+@pytest.mark.parametrize("task", ["niah2", "niah3", "qa1", MQ_TASK])
 def test_other_tasks_use_the_prose(task, generator, tokenizer):
-    item = generator.item(task, 400, depth_of(task))
+    item = generator.item(task, 1000, depth_of(task))
     prose, _ = split_item(tokenizer, item)
     sentences = split_sentences(tokenizer.decode(prose))
     assert len(sentences) > 10
@@ -357,6 +390,7 @@ def test_split_sentences():
 def task_of(prompt):
     """The task of a rendered prompt (the text after the last "Question: ")."""
     forms = [("niah1", "What is the pass key?"), ("niah2", "What is the special magic number?"),
+             (MQ_TASK, "What is the special magic number for "),
              ("niah3", "What is the special magic uuid?"), ("qa3", "Where was the "),
              ("qa2", "Where is the "), ("qa1", "Where is "), ("qa5", "Who "),
              ("qa5", "What did "), ("qa4", "What is ")]
@@ -365,12 +399,20 @@ def task_of(prompt):
 
 def read_rows(tokenizer, ids, labels):
     """(task, context text, answer text) of each row, checking the labels: -100 but on a suffix
-    equal to the ids there."""
+    equal to the ids there (niah_mq: and on its answers in the context)."""
     rows = []
     for row_ids, row_labels in zip(ids.tolist(), labels.tolist(), strict=True):
         scored = [i for i, label in enumerate(row_labels) if label != -100]
-        assert scored and scored == list(range(len(row_ids) - len(scored), len(row_ids)))
-        n = len(scored)
+        assert all(row_labels[i] == row_ids[i] for i in scored)
+        n = next(k for k in range(1, len(scored) + 1)
+                 if k == len(scored) or scored[-k - 1] != len(row_ids) - k - 1)
+        assert scored[-n:] == list(range(len(row_ids) - n, len(row_ids)))
+        # Scored tokens in the context (niah_mq's answered questions): each run is a number
+        # right after its question's cue.
+        runs = np.split(np.array(scored[:-n]), np.flatnonzero(np.diff(scored[:-n]) > 1) + 1)
+        for run in (r for r in runs if len(r)):
+            assert re.fullmatch(r" \d{7}", tokenizer.decode(row_ids[run[0]:run[-1] + 1]))
+            assert re.search(r"magic number for \w+ is$", tokenizer.decode(row_ids[:run[0]]))
         assert row_labels[-n:] == row_ids[-n:]
         context, answer = tokenizer.decode(row_ids[:-n]), tokenizer.decode(row_ids[-n:])
         prompt = context.rsplit("\nQuestion: ", 1)[1]
@@ -380,8 +422,8 @@ def read_rows(tokenizer, ids, labels):
 
 def test_task_batches_labels_score_only_the_answer(generator, tokenizer):
     batches = TaskBatches(generator, TASKS)
-    ids, labels = batches(512, 24, step=3, seed=5)
-    assert ids.shape == labels.shape == (24, 512)
+    ids, labels = batches(1000, 24, step=3, seed=5)
+    assert ids.shape == labels.shape == (24, 1000)
     assert ids.dtype == labels.dtype == torch.int64
     values = {"niah1": r"The pass key is (\d+)\.", "niah2": r"The special magic number is (\d+)\.",
               "niah3": r"The special magic uuid is ([0-9a-f-]+)\."}
@@ -390,6 +432,10 @@ def test_task_batches_labels_score_only_the_answer(generator, tokenizer):
         assert answer.startswith(" ") and answer.strip() == answer[1:]
         if task in NEEDLE_TASKS:
             assert re.findall(values[task], context) == [answer[1:]]
+        elif task == MQ_TASK:
+            key = context.rsplit("magic number for ", 1)[1].removesuffix(" is")
+            assert re.findall(rf"The special magic number for {key} is (\d+)\.", context) == [
+                answer[1:]]
         else:
             assert re.search(rf"\b{answer[1:]}\b", context.rsplit("\nQuestion: ", 1)[0])
     assert len({task for task, _, _ in rows}) >= 6
@@ -404,14 +450,14 @@ def test_task_batches_score_context_labels_everything(generator):
 
 def test_task_batches_are_a_pure_function_of_step_seed_rank(generator):
     batches = TaskBatches(generator, TASKS)
-    ids, labels = batches(450, 4, step=7, seed=1)
-    again = TaskBatches(TaskGenerator(generator.tokenizer, PROSE), TASKS)(450, 4, step=7, seed=1)
+    ids, labels = batches(1000, 4, step=7, seed=1)
+    again = TaskBatches(TaskGenerator(generator.tokenizer, PROSE), TASKS)(1000, 4, step=7, seed=1)
     assert torch.equal(again[0], ids) and torch.equal(again[1], labels)
-    assert not torch.equal(batches(450, 4, step=8, seed=1)[0], ids)
-    assert not torch.equal(batches(450, 4, step=7, seed=2)[0], ids)
+    assert not torch.equal(batches(1000, 4, step=8, seed=1)[0], ids)
+    assert not torch.equal(batches(1000, 4, step=7, seed=2)[0], ids)
     for step in (0, 3):
-        whole = batches(450, 6, step, seed=1)
-        parts = [batches(450, 3, step, seed=1, rank=rank, world_size=2) for rank in (0, 1)]
+        whole = batches(1000, 6, step, seed=1)
+        parts = [batches(1000, 3, step, seed=1, rank=rank, world_size=2) for rank in (0, 1)]
         assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
         assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
 

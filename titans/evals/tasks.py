@@ -10,6 +10,11 @@ project generates its own):
 - ``niah3`` (S-NIAH-3): a UUID hidden in real prose.
 - ``qa1`` .. ``qa5``: a generated bAbI story (:mod:`titans.evals.babi`) whose facts are scattered,
   in order, through real prose.
+- ``niah_mq`` (after RULER's multi-query NIAH): :data:`MQ_NEEDLES` special magic numbers, each
+  for its own key word, scattered through real prose, then one question per needle in a random
+  order; every question but the last is followed by its answer. A training task: each of its
+  answers is scored (:class:`TaskBatches`), so an item teaches retrieval several times where a
+  single-needle item teaches it once; as an evaluation item only the last answer counts.
 
 An item is ``[prose with the needle or facts inserted between sentences] + "\\nQuestion: ...
 \\nAnswer:"`` (needle tasks go on with the needle's own words, "The pass key is", as RULER's
@@ -47,7 +52,16 @@ from titans.evals.babi import BABI_TASKS, generate_story
 from titans.models.lm import IGNORE_INDEX
 
 NEEDLE_TASKS = ("niah1", "niah2", "niah3")
-TASKS = NEEDLE_TASKS + BABI_TASKS
+MQ_TASK = "niah_mq"
+TASKS = NEEDLE_TASKS + BABI_TASKS + (MQ_TASK,)
+
+# Needles of a niah_mq item, and the key words they are drawn from (one token each with bpe:8192
+# and most vocabularies; distinct within an item).
+MQ_NEEDLES = 4
+MQ_KEYS = ("apple", "river", "tiger", "silver", "garden", "window", "castle", "ocean", "pencil",
+           "forest", "mirror", "rocket", "violin", "desert", "candle", "island", "bridge",
+           "dragon", "marble", "falcon", "harbor", "lemon", "meadow", "planet", "saddle",
+           "tunnel", "wagon", "anchor", "basket", "cotton", "ladder", "pepper")
 
 # The haystack of the passkey-retrieval test (Mohtashami & Jaggi, 2023), used by S-NIAH-1.
 FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
@@ -122,8 +136,11 @@ class TaskItem:
     answer: the expected text of the continuation, without its leading space.
     answer_ids: ids of ``" " + answer``, the continuation a model is trained to produce.
     positions: index in ``input_ids`` where the needle (or each fact, in order) starts.
-    depth: the requested needle depth (None for bAbI tasks, whose facts are scattered).
-    prompt: the text after ``"\nQuestion: "`` that ends the context (question and answer cue).
+    depth: the requested needle depth (None for tasks whose needles or facts are scattered).
+    prompt: the text after the first ``"\nQuestion: "``, which ends the context (question and
+        answer cue; for niah_mq the earlier questions and answers too).
+    answer_spans: ``(start, end)`` in ``input_ids`` of the answers given in the context (niah_mq's
+        earlier answers, each ``" " + value``); training scores them with the final answer.
     """
 
     task: str
@@ -135,6 +152,7 @@ class TaskItem:
     answer_ids: tuple[int, ...]
     positions: tuple[int, ...]
     prompt: str
+    answer_spans: tuple[tuple[int, int], ...] = ()
 
 
 class TaskGenerator:
@@ -174,7 +192,7 @@ class TaskGenerator:
             raise ValueError(f"{task} scatters its facts through the prose: depth must be None, "
                              f"got {depth!r}")
         rng = random.Random(f"{seed}/{task}/{length}/{depth}/{index}")
-        inserts, prompt, answer = _content(task, rng)
+        inserts, questions = _content(task, rng)
         haystack = self.filler if task == "niah1" else self.prose
         first_sentence = rng.randrange(haystack.num_sentences)
         # Fractions of the prose before each insert: drawn before any tokenization, so they are
@@ -182,8 +200,21 @@ class TaskGenerator:
         fractions = [depth] if depth is not None else sorted(rng.random() for _ in inserts)
 
         insert_ids = self.tokenizer.encode_batch([" " + s for s in inserts])
-        question_ids, answer_ids = self.tokenizer.encode_batch(
-            [f"\nQuestion: {prompt}", " " + answer])
+        # Questions and answers are encoded apart, so an answer's ids are the same in the context
+        # (niah_mq's earlier answers) as in the continuation.
+        *answered, (last_prompt, answer) = questions
+        encoded = self.tokenizer.encode_batch(
+            [piece for p, a in answered for piece in (f"\nQuestion: {p}", " " + a)]
+            + [f"\nQuestion: {last_prompt}", " " + answer])
+        question_ids: list[int] = []
+        spans = []  # of the answered questions' answers, within question_ids
+        for q_ids, a_ids in zip(encoded[:-2:2], encoded[1:-2:2], strict=True):
+            question_ids += q_ids
+            spans.append((len(question_ids), len(question_ids) + len(a_ids)))
+            question_ids += a_ids
+        question_ids += encoded[-2]
+        answer_ids = encoded[-1]
+        prompt = "".join(f"{p} {a}\nQuestion: " for p, a in answered) + last_prompt
         context_len = length - len(answer_ids) if reserve_answer else length
         prose_len = context_len - sum(map(len, insert_ids)) - len(question_ids)
         if prose_len < 0:
@@ -205,8 +236,10 @@ class TaskGenerator:
             done = cut
         parts += [prose[done:], np.asarray(question_ids, dtype=np.int64)]
         input_ids = np.concatenate(parts)
+        offset = len(input_ids) - len(question_ids)
         return TaskItem(task, index, length, depth, input_ids, answer, tuple(answer_ids),
-                        tuple(positions), prompt)
+                        tuple(positions), prompt,
+                        tuple((offset + a, offset + b) for a, b in spans))
 
     def items(
         self,
@@ -262,6 +295,8 @@ class TaskBatches:
                 labels[r] = ids[r]
             else:
                 labels[r, seq_len - n:] = item.answer_ids
+                for a, b in item.answer_spans:
+                    labels[r, a:b] = ids[r, a:b]
         return torch.from_numpy(ids), torch.from_numpy(labels)
 
 
@@ -270,23 +305,33 @@ def score(prediction: str, answer: str) -> bool:
     return prediction.strip() == answer.strip()
 
 
-def _content(task: str, rng: random.Random) -> tuple[list[str], str, str]:
-    """(sentences to insert, prompt, answer) of a task. Needle prompts end by repeating the
-    needle's own words, as RULER's do, so the answer is what followed them in the context."""
+def _content(task: str, rng: random.Random) -> tuple[list[str], list[tuple[str, str]]]:
+    """(sentences to insert, [(prompt, answer), ...]) of a task: the questions at the end, each
+    but the last answered in the context. Needle prompts end by repeating the needle's own words,
+    as RULER's do, so the answer is what followed them in the context."""
     if task == "niah1":
         key = str(rng.randrange(10_000, 100_000))
         return ([f"The pass key is {key}. Remember it. {key} is the pass key."],
-                "What is the pass key?\nAnswer: The pass key is", key)
+                [("What is the pass key?\nAnswer: The pass key is", key)])
     if task == "niah2":
         number = str(rng.randrange(1_000_000, 10_000_000))
         return ([f"The special magic number is {number}."],
-                "What is the special magic number?\nAnswer: The special magic number is", number)
+                [("What is the special magic number?\nAnswer: The special magic number is",
+                  number)])
     if task == "niah3":
         value = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         return ([f"The special magic uuid is {value}."],
-                "What is the special magic uuid?\nAnswer: The special magic uuid is", value)
+                [("What is the special magic uuid?\nAnswer: The special magic uuid is", value)])
+    if task == MQ_TASK:
+        keys = rng.sample(MQ_KEYS, MQ_NEEDLES)
+        numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
+        order = rng.sample(range(MQ_NEEDLES), MQ_NEEDLES)
+        return ([f"The special magic number for {k} is {n}." for k, n in zip(keys, numbers,
+                                                                                strict=True)],
+                [(f"What is the special magic number for {keys[i]}?\nAnswer: The special magic "
+                  f"number for {keys[i]} is", numbers[i]) for i in order])
     story = generate_story(task, rng)
-    return list(story.facts), f"{story.question}\nAnswer:", story.answer
+    return list(story.facts), [(f"{story.question}\nAnswer:", story.answer)]
 
 
 def needs_depth(task: str) -> bool:
