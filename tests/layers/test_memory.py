@@ -21,6 +21,7 @@ CONFIGS = {
     "no-momentum": {"use_momentum": False},
     "no-decay": {"use_decay": False},
     "no-conv": {"conv_kernel": 0},
+    "induction-conv": {"conv_init": "induction"},
 }
 
 
@@ -278,11 +279,40 @@ def test_autocast_keeps_memory_state_in_float32():
         ({"chunk_size": True}, "chunk_size must be an int >= 1, got True"),
         ({"chunk_size": None}, "chunk_size must be an int >= 1, got None"),
         ({"memory_expansion": 2.0}, "memory_expansion must be an int >= 1, got 2.0"),
+        ({"conv_init": "shifted"}, "conv_init must be one of"),
+        ({"conv_init": "induction", "conv_kernel": 1}, "needs conv_kernel >= 2"),
     ],
 )
 def test_bad_config_raises(kw, message):
     with pytest.raises(ValueError, match=message):
         NeuralMemory(HIDDEN, HEADS, HEAD_DIM, **kw)
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_induction_conv_init_makes_keys_of_the_next_token_match_queries(width):
+    """With conv_init="induction" (and key and query projections made equal, as training can
+    learn), the key of the token after an earlier occurrence of a context equals the query at
+    the end of its later occurrence; with the default init it does not."""
+    x = make_x(14, batch=1)[0]
+    # Token 11 repeats the context of tokens 3 .. 3 + width - 2 (its last width - 1 tokens).
+    x[11 - width + 2:12] = x[3 - width + 2:4]
+    for conv_init in ("induction", "default"):
+        layer = make_layer(conv_init=conv_init, conv_kernel=width)
+        inner = HEADS * HEAD_DIM
+        with torch.no_grad():
+            layer.qkv_proj.weight[inner:2 * inner] = layer.qkv_proj.weight[:inner]
+        q, k, v, _ = layer._qkv(x[None], layer.init_state(1).conv)
+        proj_v = torch.nn.functional.silu(x @ layer.qkv_proj.weight[2 * inner:].T)
+        match = (q[0, 11] * k[0, 4]).sum(-1)  # [H] cosine: q and k are unit vectors
+        if conv_init == "induction":
+            torch.testing.assert_close(match, torch.ones_like(match))
+            torch.testing.assert_close(v[0].flatten(1), proj_v)  # values: the token itself
+        else:
+            assert match.max() < 0.99
+    layer = make_layer(conv_init="induction")
+    taps = layer.conv.weight[:, 0]  # [3 * inner, width]
+    assert (taps[:inner, 0] == 0).all() and (taps[inner:2 * inner, -1] == 0).all()
+    assert torch.equal(taps[:inner, 1:], taps[inner:2 * inner, :-1])
 
 
 def test_bad_input_raises():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from titans.checks import check_int, check_number
+from titans.checks import check_choice, check_int, check_number
 from titans.layers.norm import RMSNorm
 from titans.layers.tags import mark_no_weight_decay, mark_residual_projection
 from titans.ops.memory import (
@@ -77,6 +77,10 @@ class NeuralMemoryState:
         )
 
 
+# How the q/k/v convolution starts (NeuralMemory's conv_init).
+CONV_INITS = ("default", "induction")
+
+
 def _inverse_sigmoid(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -104,6 +108,10 @@ class NeuralMemory(nn.Module):
         use_momentum: False is the "w/o momentum" ablation (eta = 0: plain online GD).
         use_decay: False is the "w/o weight decay" ablation (alpha = 0: nothing is forgotten).
         conv_kernel: causal depthwise conv width after the q/k/v projections; 0 = "w/o conv".
+        conv_init: ``"default"`` (PyTorch's uniform initialisation) or ``"induction"``: the key
+            conv starts as the query conv shifted back by one token and the value conv as the
+            identity (see ``_induction_conv_init``; the paper does not say how it initialises the
+            conv). Needs ``conv_kernel >= 2``.
         checkpoint_chunks: in training, recompute groups of this many chunks in the backward
             pass instead of keeping every chunk's memory weights (None keeps them all).
         compile_step: compile the op's per-chunk step with ``torch.compile`` (faster after a
@@ -127,6 +135,7 @@ class NeuralMemory(nn.Module):
         use_momentum: bool = True,
         use_decay: bool = True,
         conv_kernel: int = 4,
+        conv_init: str = "default",
         checkpoint_chunks: int | None = 16,
         compile_step: bool = False,
     ) -> None:
@@ -138,6 +147,10 @@ class NeuralMemory(nn.Module):
         ):
             check_int(name, value, low)
         check_number("max_lr", max_lr, "> 0", lambda x: x > 0)
+        check_choice("conv_init", conv_init, CONV_INITS)
+        if conv_init == "induction" and conv_kernel < 2:
+            raise ValueError(f"conv_init 'induction' shifts the key conv by one token: it needs "
+                             f"conv_kernel >= 2, got {conv_kernel}")
         for name, value in (("max_momentum", max_momentum), ("max_decay", max_decay)):
             check_number(name, value, "in (0, 1]", lambda x: 0 < x <= 1)
         # The op's settings, checked by the op's own rule now rather than at the first forward.
@@ -148,6 +161,7 @@ class NeuralMemory(nn.Module):
         self.max_momentum, self.max_decay = max_momentum, max_decay
         self.max_grad_norm = max_grad_norm
         self.conv_kernel, self.checkpoint_chunks = conv_kernel, checkpoint_chunks
+        self.conv_init = conv_init
         self.compile_step = compile_step
         inner = num_heads * head_dim
 
@@ -198,6 +212,25 @@ class NeuralMemory(nn.Module):
             bias[0].fill_(0.0)
             bias[1].fill_(_inverse_sigmoid(0.9))
             bias[2].fill_(_inverse_sigmoid(0.01))
+        if self.conv_init == "induction":
+            self._induction_conv_init()
+
+    @torch.no_grad()
+    def _induction_conv_init(self) -> None:
+        """Per channel c, taps a_c = (1, u, u, ...) with u ~ U(-1, 1): the query conv gives a_c[j]
+        to the token j steps back, the key conv gives it to the token j + 1 steps back (never the
+        current one), the value conv passes the current token through. A key then sums the
+        context *before* its token the way a query sums the context up to its own, so once the
+        key and query projections agree, a query retrieves the value of the token that followed
+        an earlier occurrence of its context: an induction head from the first step."""
+        inner, width = self.num_heads * self.head_dim, self.conv_kernel
+        taps = torch.empty(inner, width - 1).uniform_(-1, 1)
+        taps[:, 0] = 1.0
+        weight = self.conv.weight  # [3 * inner, 1, width]; tap width - 1 is the current token
+        weight.zero_()
+        weight[:inner, 0, 1:] = taps.flip(1)  # query: tokens t - width + 2 .. t
+        weight[inner:2 * inner, 0, :-1] = taps.flip(1)  # key: tokens t - width + 1 .. t - 1
+        weight[2 * inner:, 0, -1] = 1.0  # value: token t
 
     @property
     def memory_depth(self) -> int:

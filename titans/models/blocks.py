@@ -171,6 +171,7 @@ def _memory(cfg: TitansConfig) -> NeuralMemory:
         max_momentum=cfg.memory_max_momentum, max_decay=cfg.memory_max_decay,
         max_grad_norm=cfg.memory_max_grad_norm,
         use_momentum=cfg.use_momentum, use_decay=cfg.use_decay, conv_kernel=cfg.conv_kernel,
+        conv_init=cfg.memory_conv_init,
     )
 
 

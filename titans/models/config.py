@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titans.checks import check_bool, check_choice, check_int, check_number
+from titans.layers.memory import CONV_INITS
 from titans.models.blocks import VARIANTS, variant_spec
 from titans.ops.memory import ACTIVATIONS
 
@@ -78,6 +79,9 @@ class TitansConfig:
     use_momentum: bool = True
     use_decay: bool = True
     conv_kernel: int = 4  # causal depthwise conv on q, k, v; 0 = none
+    # How that conv starts: "default" (PyTorch's) or "induction" (key conv = query conv shifted
+    # back one token, value conv = identity: see NeuralMemory; docs/long-context.md).
+    memory_conv_init: str = "default"
     # Model.
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = True
@@ -104,6 +108,10 @@ class TitansConfig:
         check_number("memory_max_grad_norm", self.memory_max_grad_norm, "> 0", lambda x: x > 0,
                      optional=True)
         check_choice("memory_activation", self.memory_activation, ACTIVATIONS)
+        check_choice("memory_conv_init", self.memory_conv_init, CONV_INITS)
+        if self.memory_conv_init == "induction" and self.conv_kernel < 2:
+            raise ValueError(f"memory_conv_init 'induction' shifts the key conv by one token: it "
+                             f"needs conv_kernel >= 2, got {self.conv_kernel}")
 
         if self.head_dim is None:
             if self.hidden_size % self.num_heads:
