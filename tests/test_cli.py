@@ -126,6 +126,59 @@ def test_compare_trains_equal_sized_models_and_writes_the_report(tmp_path, docs,
     assert "bpb@128" in out and "sample from transformer" in out
 
 
+def test_a_recall_section_compares_recall_beyond_the_training_length(tmp_path, docs, capsys):
+    """The main job's recall section: after the perplexity comparison, its models fine-tune on
+    its needle task and are scored at multiples of the training length; table, JSON, plots."""
+    lines = ["models:", "  lmm: {preset: tiny, variant: lmm}", "data:", f"  source: {docs}",
+             "  tokenizer: bpe:300", "train: {seq_len: 32, batch_size: 2, max_steps: 2, "
+             "progress: false, eval_every: 2, eval_batches: 1}", "eval: {max_tokens: 64}",
+             "sample: {max_new_tokens: 2}", "recall:",
+             "  models:", "    lmm: {preset: tiny, variant: lmm, memory_conv_init: induction}",
+             "    swa: {preset: tiny, variant: swa, window_size: 16}",
+             "  task: {tasks: [niah1], eval_depths: [0.2, 0.8], eval_items: 2}",
+             "  train: {seq_len: 160, batch_size: 2, max_steps: 2, progress: false}",
+             "  multipliers: [1, 3]"]
+    config = tmp_path / "main.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cmp"
+    main(["compare", "--config", str(config), "--out", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in report["results"]] == ["lmm"]  # the language models
+    recall = report["recall"]
+    assert [r["name"] for r in recall["comparison"]["results"]] == ["lmm", "swa"]
+    niah = json.loads((out / "recall" / "niah.json").read_text())
+    assert niah == recall["niah"]
+    for name in ("lmm", "swa"):
+        rows = niah["models"][name]["rows"]
+        assert [(r["task"], r["length"], r["depth"], r["items"]) for r in rows] == [
+            ("niah1", n, d, 2) for n in (160, 480) for d in (0.2, 0.8)]
+    for png in ("niah1-accuracy-vs-length.png", "niah1-lmm.png", "niah1-swa.png",
+                "loss_curves.png"):
+        assert (out / "recall" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = printed[printed.index("niah1: accuracy against context length"):]
+    assert table.splitlines()[1].split() == ["model", "160", "480"]
+    assert [line.split()[0] for line in table.splitlines()[3:5]] == ["lmm", "swa"]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("recall: 3", "recall must be a section"),
+    ("recall: {models: {}}", "recall needs a task section"),
+    ("recall: {task: {tasks: [niah1]}, multipliers: [0]}", "recall.multipliers must be"),
+    ("recall: {task: {tasks: [niah1]}, eval: {}}", "unknown config sections ['eval']"),
+])
+def test_a_bad_recall_section_exits_before_training(tmp_path, docs, capsys, section, message):
+    lines = ["models:", "  lmm: {preset: tiny, variant: lmm}", "data:", f"  source: {docs}",
+             "  tokenizer: bpe:300", section]
+    config = tmp_path / "main.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--config", str(config), "--out", str(tmp_path / "cmp")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "lmm").exists()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "train.sorce=1"], "unknown keys in 'train'"),
     (["--set", "model.hidden_size=-1"], "hidden_size"),

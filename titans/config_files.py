@@ -36,7 +36,9 @@ else:  # pragma: no cover - Python 3.10
 # The sections of one run's config file, and of the comparison job's.
 RUN_SECTIONS = ("model", "train", "data", "eval", "runtime")
 COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task",
-                    "runtime")
+                    "runtime", "recall")
+# The recall section of a comparison (titans.experiments.compare): a task comparison of its own.
+RECALL_SECTIONS = ("models", "match_parameters", "train", "task", "multipliers")
 # The held-out splits an evaluation may score.
 EVAL_SPLITS = ("validation", "test")
 

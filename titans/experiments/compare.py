@@ -4,7 +4,9 @@
 The output directory holds one run directory per model (:mod:`titans.runs`), the training loss
 curves of all of them (``loss_curves.png``) and the report (``results.json``). With a ``task``
 section the models are fine-tuned on long-context tasks instead of language modelling, and
-evaluated by answer accuracy at the training length.
+evaluated by answer accuracy at the training length. A ``recall`` section adds such a task
+comparison after the main one (in ``recall/``), evaluated on its needle tasks at multiples of its
+training length: how far beyond it each model still finds the needle.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from titans import runs
-from titans.config_files import DataConfig, EvalConfig, TaskConfig, build_dataclass, model_config
+from titans.checks import check_ints
+from titans.config_files import (
+    RECALL_SECTIONS,
+    DataConfig,
+    EvalConfig,
+    TaskConfig,
+    build_dataclass,
+    check_sections,
+    model_config,
+)
 from titans.data.pipeline import prepare
 from titans.evals import evaluate_perplexity, generate_text
 from titans.evals.tasks import TaskBatches
-from titans.experiments.long_context import task_accuracy, task_generators
+from titans.experiments.long_context import evaluate_runs, task_accuracy, task_generators
 from titans.experiments.single_run import context_lengths, print_perplexity
 from titans.io import atomic_save_json
 from titans.models import TitansConfig, count_parameters, match_parameters
@@ -30,6 +41,9 @@ from titans.train import TrainConfig, train
 
 RESULTS_FILE = "results.json"
 LOSS_CURVES_FILE = "loss_curves.png"
+RECALL_DIR = "recall"
+RECALL_FILE = "niah.json"
+RECALL_MULTIPLIERS = [1, 4, 16]
 DEFAULT_SAMPLE = {"prompt": "Fellow-Citizens of the Senate and House of Representatives:",
                   "max_new_tokens": 60}
 
@@ -37,8 +51,8 @@ DEFAULT_SAMPLE = {"prompt": "Fellow-Citizens of the Senate and House of Represen
 def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate and tabulate the models of a comparison config's sections (``models``:
     name -> model section; ``match_parameters``, ``train``, ``data``, ``eval``, ``sample``,
-    ``task``, ``runtime``: for every model) into ``out``. ``resume`` continues (or just
-    re-evaluates) the runs already there.
+    ``task``, ``runtime``: for every model; ``recall``: see :func:`recall_comparison`) into
+    ``out``. ``resume`` continues (or just re-evaluates) the runs already there.
 
     Unless ``match_parameters`` is false, every model but the first (the reference) without an
     explicit ``intermediate_size`` has its MLP width matched to the reference's parameter count.
@@ -51,6 +65,9 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
     eval_cfg = build_dataclass(EvalConfig, values.get("eval"), "eval")
     task_cfg = build_dataclass(TaskConfig, values["task"], "task") if "task" in values else None
     runtime = build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
+    recall = values.get("recall")
+    if recall is not None:
+        _check_recall(recall)  # before hours of training, not after
     sample = {**DEFAULT_SAMPLE, **(values.get("sample") or {})}
     if task_cfg is None:
         tokenizer, files = prepare(data)
@@ -113,9 +130,70 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         print_comparison(results, eval_cfg.split)
     else:
         print_task_comparison(results)
+    if recall is not None:
+        report["recall"] = recall_comparison(
+            recall, out / RECALL_DIR, resume,
+            {key: values[key] for key in ("data", "runtime") if key in values})
+        report["wall_time_s"] = time.perf_counter() - start
+        atomic_save_json(report, out / RESULTS_FILE)
     print(f"\nloss curves: {out / LOSS_CURVES_FILE}; results: {out / RESULTS_FILE}; "
           f"total {report['wall_time_s'] / 60:.1f} min")
     return report
+
+
+def _check_recall(section: Any) -> None:
+    if not isinstance(section, dict):
+        raise ValueError(f"recall must be a section (models, task, train, ...), got {section!r}")
+    check_sections(section, RECALL_SECTIONS)
+    if "task" not in section:
+        raise ValueError("recall needs a task section: the needle tasks its models train on")
+    check_ints("recall.multipliers", section.get("multipliers", RECALL_MULTIPLIERS), 1)
+
+
+def recall_comparison(section: dict[str, Any], out: Path, resume: bool,
+                      shared: dict[str, Any]) -> dict[str, Any]:
+    """The ``recall`` section of a comparison: its models (``models``, ``match_parameters``,
+    ``train``) fine-tuned on its ``task`` items side by side (a task comparison in ``out``, with
+    the main comparison's ``shared`` data and runtime sections), then scored on the task's needle
+    tasks at ``multipliers`` (default 1, 4, 16) times the training length, at the task's
+    ``eval_depths`` with ``eval_items`` items per cell. Prints the accuracy table, writes
+    ``out/niah.json`` and the plots (accuracy against length, one heatmap per model) into
+    ``out``, and returns ``{"comparison": the task report, "niah": the evaluation report}``."""
+    _check_recall(section)
+    comparison = compare({**shared, **{k: v for k, v in section.items() if k != "multipliers"}},
+                         out, resume)
+    task_cfg = build_dataclass(TaskConfig, section["task"], "recall.task")
+    seq_len = build_dataclass(TrainConfig, {**(section.get("train") or {}),
+                                            "out_dir": str(out)}, "recall.train").seq_len
+    lengths = [m * seq_len for m in section.get("multipliers", RECALL_MULTIPLIERS)]
+    print(f"\n== recall beyond the training length ({seq_len} tokens): "
+          f"{', '.join(task_cfg.tasks)} at {lengths}", flush=True)
+    niah = evaluate_runs("niah", [str(out / r["name"]) for r in comparison["results"]],
+                         tasks=task_cfg.tasks, lengths=lengths, depths=task_cfg.eval_depths,
+                         items=task_cfg.eval_items, out=str(out / RECALL_FILE), plots=str(out))
+    print_recall_table(niah)
+    return {"comparison": comparison, "niah": niah}
+
+
+def print_recall_table(niah: dict[str, Any]) -> None:
+    """Accuracy per model (rows) and context length (columns), over depths and items, per task."""
+    for task in niah["tasks"]:
+        per_model = {name: [r for r in m["rows"] if r["task"] == task]
+                     for name, m in niah["models"].items()}
+        lengths = sorted({r["length"] for rows in per_model.values() for r in rows})
+        head = f"{'model':<14}" + "".join(f"{n:>9}" for n in lengths)
+        print(f"\n{task}: accuracy against context length (tokens; needle depths "
+              f"{niah['depths']}, {niah['items']} items each)\n{head}\n{'-' * len(head)}")
+        for name, rows in per_model.items():
+            cells = []
+            for n in lengths:
+                here = [r for r in rows if r["length"] == n]
+                if here[0]["accuracy"] is None:
+                    cells.append(f"{'not run':>9}")
+                    continue
+                accuracy = sum(r["correct"] for r in here) / sum(r["items"] for r in here)
+                cells.append(f"{accuracy:>8.0%} ")
+            print(f"{name:<14}" + "".join(cells))
 
 
 def _model_configs(sections: dict[str, Any], vocab_size: int,
