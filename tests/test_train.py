@@ -65,7 +65,7 @@ def saved_weights(out_dir: Path) -> dict[str, torch.Tensor]:
      ("weight_decay", -0.1), ("beta1", 1.0), ("beta2", -0.1), ("grad_clip", -1.0),
      ("eval_every", 0), ("eval_batches", 0), ("save_every", 0), ("log_every", 0), ("seed", -1),
      ("device", "gpu7"), ("dtype", "float16"), ("tensorboard", 1), ("progress", "yes"),
-     ("out_dir", "")],
+     ("out_dir", ""), ("init_from", ""), ("init_from", 3)],
 )
 def test_train_config_rejects_bad_values(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"TrainConfig.{field} "):
@@ -152,6 +152,32 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> Non
         val_loss = sum(float(model(b, labels=b).loss) for b in (get_batch(tokens, 32, 4, i, 0)
                                                                  for i in range(2))) / 2
     assert val_loss == pytest.approx(summary["final_val_loss"], abs=1e-5)
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path: Path) -> None:
+    """init_from loads a finished run's weights (a curriculum's next stage, here at another
+    sequence length); only a run of the same model config is accepted."""
+    tokens = synthetic_tokens(20_000, seed=3)
+    train(tiny_model_config(), tiny_train_config(tmp_path / "a", max_steps=2), tokens)
+    first = saved_weights(tmp_path / "a")
+    # A learning rate too small to move any weight: the second run saves what it loaded.
+    cfg = tiny_train_config(tmp_path / "b", seq_len=48, max_steps=1, lr=1e-30, warmup_steps=0,
+                            init_from=str(tmp_path / "a"))
+    train(tiny_model_config(), cfg, tokens)
+    second = saved_weights(tmp_path / "b")
+    assert first.keys() == second.keys()
+    for name, weight in first.items():
+        torch.testing.assert_close(second[name], weight, rtol=0, atol=1e-12)
+    train(tiny_model_config(), tiny_train_config(tmp_path / "c", seq_len=48, max_steps=1,
+                                                 lr=1e-30, warmup_steps=0), tokens)
+    assert not torch.equal(saved_weights(tmp_path / "c")["embed_tokens.weight"],
+                           first["embed_tokens.weight"])
+    other = tiny_model_config(mac_memory_input="residual")
+    with pytest.raises(ValueError, match=r"holds another model \(differs in \['mac_memory_input'"):
+        train(other, tiny_train_config(tmp_path / "d", init_from=str(tmp_path / "a")), tokens)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_model_config(), tiny_train_config(tmp_path / "e", init_from=str(tmp_path)),
+              tokens)
 
 
 def test_a_batch_source_supplies_inputs_and_labels(tmp_path: Path) -> None:

@@ -60,7 +60,10 @@ class TrainConfig:
     ``batch_size * grad_accum * world_size`` sequences of ``seq_len`` tokens. Training stops after
     ``max_steps`` optimizer steps or ``max_tokens`` tokens, whichever comes first.
     ``grad_clip`` 0 disables clipping (the gradient norm is still reported). ``dtype`` "auto" is
-    float32 on CPU and bfloat16 autocast on CUDA (weights and optimizer stay float32)."""
+    float32 on CPU and bfloat16 autocast on CUDA (weights and optimizer stay float32).
+    ``init_from``: a run directory whose saved weights the model starts from instead of a fresh
+    initialisation (fine-tuning, or the next stage of a length curriculum); its model config must
+    equal this run's. Only the weights are taken: optimizer, schedule and data start afresh."""
 
     out_dir: str = "runs/default"
     seq_len: int = 512
@@ -85,6 +88,7 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.out_dir, os.PathLike):
@@ -108,6 +112,12 @@ class TrainConfig:
         for name in ("tensorboard", "wandb", "progress"):
             check_bool(f"TrainConfig.{name}", getattr(self, name))
         check_choice("TrainConfig.dtype", self.dtype, DTYPES)
+        if isinstance(self.init_from, os.PathLike):
+            self.init_from = os.fspath(self.init_from)
+        if self.init_from is not None and (not isinstance(self.init_from, str)
+                                           or not self.init_from):
+            raise ValueError(f"TrainConfig.init_from must be a run directory or None, got "
+                             f"{self.init_from!r}")
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -262,6 +272,8 @@ def _train(
 
     # ---- model (the seed makes the initial weights identical on every process)
     model = TitansLM(model_config).to(env.device)
+    if cfg.init_from is not None and not resume:  # a resumed run has its own weights
+        _init_from(model, model_config, Path(cfg.init_from))
 
     # ---- optimizer
     optimizer = torch.optim.AdamW(
@@ -554,6 +566,16 @@ def _save_checkpoint(
 
 # A resumed run must follow the same trajectory as the interrupted one, so these must match (and
 # the model config). The runtime need not: it changes how fast the steps run, not what they do.
+def _init_from(model: TitansLM, model_config: TitansConfig, run: Path) -> None:
+    """Load the weights of the checkpoint in ``run`` into ``model`` (same model config)."""
+    saved = TitansConfig.from_dict(runs.read_config(run)["model"])
+    if saved != model_config:
+        changed = sorted(k for k, v in saved.to_dict().items() if model_config.to_dict()[k] != v)
+        raise ValueError(f"TrainConfig.init_from: {run} holds another model (differs in "
+                         f"{changed}); its weights cannot start this one")
+    runs.load_weights(model, run)
+
+
 _RESUME_FIELDS = ("seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1",
                   "beta2", "grad_clip", "seed")
 

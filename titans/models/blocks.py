@@ -296,6 +296,10 @@ class MALMixer(_PersistentMixin):
         return o, HybridState(memory, kv)
 
 
+# What MAC's memory learns from (TitansConfig.mac_memory_input).
+MAC_MEMORY_INPUTS = ("attention", "residual")
+
+
 class MACMixer(_PersistentMixin):
     """Memory as context (eqs. 21-25), one segment of ``segment_len`` tokens at a time.
 
@@ -305,11 +309,17 @@ class MACMixer(_PersistentMixin):
     the memory learns from y token by token (``M_t = M_{t-1}(y)``) and ``o = y (x) M*(y)``
     where each position reads the memory updated up to itself. RoPE positions restart in every
     segment: the attention window is the segment.
+
+    With ``mac_memory_input="residual"`` the memory learns from (and the gate reads) ``x + y``
+    instead of ``y``: at initialisation attention averages its segment, so the y of different
+    tokens are nearly parallel (mean key cosine ~0.7 against ~0.02 for x) and a memory written
+    with them cannot tell tokens apart.
     """
 
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
         self.segment_len = cfg.segment_len
+        self.residual_input = cfg.mac_memory_input == "residual"
         self._init_persistent(cfg)
         self.attn = _attention(cfg)
         self.memory = _memory(cfg)
@@ -333,7 +343,7 @@ class MACMixer(_PersistentMixin):
             h, query_conv = self.memory.retrieve(xs, state.segment_memory, state.query_conv)
             index = _positions(offset, n, x.device)
             y, kv = self.attn(xs, index, state.kv, context=h, prefix=self.persistent)
-            m, memory = self.memory(y, state.memory)
+            m, memory = self.memory(xs + y if self.residual_input else y, state.memory)
             outs.append(self.gate(y, m))
             if offset + n == self.segment_len:
                 # Segment done. The memory has consumed whole chunks (chunk_size divides

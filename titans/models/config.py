@@ -8,7 +8,7 @@ from typing import Any
 
 from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.layers.memory import CONV_INITS
-from titans.models.blocks import VARIANTS, variant_spec
+from titans.models.blocks import MAC_MEMORY_INPUTS, VARIANTS, variant_spec
 from titans.ops.memory import ACTIVATIONS
 
 # The ablations of the paper's Table 5, as config overrides.
@@ -61,6 +61,10 @@ class TitansConfig:
     intermediate_size: int | None = None  # SwiGLU width; None: 8/3 * hidden, multiple of 64
     # Attention.
     segment_len: int = 512  # MAC: tokens per segment (its attention window)
+    # MAC: what its memory learns from and its gate reads, "attention" (the attention output y,
+    # eqs. 24-25 read literally) or "residual" (x + y, the block's stream after attention; see
+    # MACMixer and docs/long-context.md).
+    mac_memory_input: str = "attention"
     window_size: int = 2048  # sliding-window variants: width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
@@ -109,6 +113,7 @@ class TitansConfig:
                      optional=True)
         check_choice("memory_activation", self.memory_activation, ACTIVATIONS)
         check_choice("memory_conv_init", self.memory_conv_init, CONV_INITS)
+        check_choice("mac_memory_input", self.mac_memory_input, MAC_MEMORY_INPUTS)
         if self.memory_conv_init == "induction" and self.conv_kernel < 2:
             raise ValueError(f"memory_conv_init 'induction' shifts the key conv by one token: it "
                              f"needs conv_kernel >= 2, got {self.conv_kernel}")
