@@ -166,6 +166,8 @@ def test_a_recall_section_compares_recall_beyond_the_training_length(tmp_path, d
     ("recall: {models: {}}", "recall needs a task section"),
     ("recall: {task: {tasks: [niah1]}, multipliers: [0]}", "recall.multipliers must be"),
     ("recall: {task: {tasks: [niah1]}, eval: {}}", "unknown config sections ['eval']"),
+    ("recall: {task: {tasks: [niah1, qa1]}}", "recall.task.tasks must be needle tasks"),
+    ("recall: {task: {tasks: [niah9]}}", "task.tasks must be a non-empty list"),
 ])
 def test_a_bad_recall_section_exits_before_training(tmp_path, docs, capsys, section, message):
     lines = ["models:", "  lmm: {preset: tiny, variant: lmm}", "data:", f"  source: {docs}",

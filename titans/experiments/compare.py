@@ -30,7 +30,7 @@ from titans.config_files import (
 )
 from titans.data.pipeline import prepare
 from titans.evals import evaluate_perplexity, generate_text
-from titans.evals.tasks import TaskBatches
+from titans.evals.tasks import NEEDLE_TASKS, TaskBatches
 from titans.experiments.long_context import evaluate_runs, task_accuracy, task_generators
 from titans.experiments.single_run import context_lengths, print_perplexity
 from titans.io import atomic_save_json
@@ -147,6 +147,10 @@ def _check_recall(section: Any) -> None:
     check_sections(section, RECALL_SECTIONS)
     if "task" not in section:
         raise ValueError("recall needs a task section: the needle tasks its models train on")
+    tasks = build_dataclass(TaskConfig, section["task"], "recall.task").tasks
+    if not all(task in NEEDLE_TASKS for task in tasks):
+        raise ValueError(f"recall.task.tasks must be needle tasks {NEEDLE_TASKS}, got {tasks}: "
+                         "recall is scored with a needle at set depths")
     check_ints("recall.multipliers", section.get("multipliers", RECALL_MULTIPLIERS), 1)
 
 
