@@ -8,9 +8,9 @@ with ``titans.evals.evaluate_task`` at several lengths (needle depths 0.1 / 0.5 
     python docs/long-context/recipe_runs.py --name deep-cur-1k --init runs/recipe/deep-n1-128 \
         --seq-len 1024 --batch 8 --steps 200 ... (the same model flags)
 
-Writes ``<out>/<name>/`` (the run directory) and ``<out>/<name>.json`` (settings, training time,
-throughput, final loss and the accuracy per task and length). ``--set`` takes TitansConfig
-fields as ``key=JSON``.
+Writes ``<out>/<name>/`` (the run directory, which ``titans eval niah --run`` reads too) and
+``<out>/<name>.json`` (settings, training time, throughput, final loss and the accuracy per task
+and length). ``--set`` takes TitansConfig fields as ``key=JSON``.
 """
 
 import argparse
@@ -24,7 +24,7 @@ from titans.evals.long_context import evaluate_task
 from titans.evals.tasks import TaskBatches
 from titans.experiments.long_context import task_generators
 from titans.models import TitansConfig, TitansLM, count_parameters
-from titans.runs import load_weights
+from titans.runs import load_weights, save_data_config
 from titans.train import TrainConfig, train
 
 
@@ -51,7 +51,8 @@ def main() -> None:
                    help="start from this run's weights (TrainConfig.init_from): a curriculum")
     a = p.parse_args()
 
-    tokenizer, generators = task_generators(DataConfig(source="default", tokenizer="bpe:8192"))
+    data = DataConfig(source="default", tokenizer="bpe:8192")
+    tokenizer, generators = task_generators(data)
     extra = {key: json.loads(value) for key, value in (kv.split("=", 1) for kv in a.set)}
     cfg = TitansConfig(variant=a.variant, vocab_size=tokenizer.vocab_size, hidden_size=a.hidden,
                        num_hidden_layers=a.layers, num_heads=a.heads, window_size=a.window,
@@ -62,6 +63,8 @@ def main() -> None:
                             max_steps=a.steps, lr=a.lr, warmup_steps=50, eval_every=10**6,
                             save_every=10**6, log_every=25, progress=False,
                             init_from=a.init)
+    # data.json makes the run usable by `titans eval niah|babi --run` as well.
+    save_data_config(out, data)
     start = time.time()
     summary = train(cfg, train_cfg, TaskBatches(generators["train"], a.tasks, a.weights))
     result = {"name": a.name, "args": vars(a), "parameters": count_parameters(cfg),

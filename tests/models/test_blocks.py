@@ -124,6 +124,19 @@ def test_primed_memory_read_once_equals_reading_the_prefix_per_sequence(variant,
             assert ((a - b).norm() / b.norm()).item() < 1e-6
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_mal_is_attention_over_the_memory_output_with_an_optional_skip(skip):
+    """Eqs. 29-31: o = SW-Attn(y) with y = M([p || x]); with mal_memory_skip, o = y + SW-Attn(y)."""
+    torch.manual_seed(5)
+    mixer = MALMixer(mac_config(variant="mal", window_size=6, mal_memory_skip=skip)).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    state = mixer.init_state(2)
+    y, _ = mixer.memory(x, state.memory)
+    o, _ = mixer.attn(y, torch.arange(11), state.kv)
+    out, _ = mixer(x, 0, state)
+    torch.testing.assert_close(out, y + o if skip else o, rtol=1e-12, atol=1e-12)
+
+
 def test_output_gate_normalises_both_branches():
     """gate(y, m) = RMSNorm(y) * sigmoid(RMSNorm(m)): invariant to the scale of either input."""
     torch.manual_seed(3)

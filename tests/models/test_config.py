@@ -19,7 +19,8 @@ PAPER_PRESETS = ("170M", "340M", "760M", "1.3B")
 INT_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "segment_len",
               "window_size", "chunk_size", "memory_depth", "memory_expansion")
 OPTIONAL_INT_FIELDS = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim")
-BOOL_FIELDS = ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings")
+BOOL_FIELDS = ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings",
+               "mal_memory_skip")
 FLOAT_FIELDS = ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range")
 
 

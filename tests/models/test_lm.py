@@ -36,6 +36,7 @@ CASES = [(v, {}) for v in VARIANTS] + [
     ("mal", ABLATIONS["no_decay"]), ("mag", {"segment_len": 5, "window_size": 30}),
     ("mac", {"mac_memory_input": "residual", "memory_conv_init": "induction"}),
     ("lmm", {"memory_conv_init": "induction"}),
+    ("mal", {"mal_memory_skip": True, "memory_conv_init": "induction"}),
 ]
 IDS = [f"{v}-{'-'.join(o) or 'default'}" for v, o in CASES]
 

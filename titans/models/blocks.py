@@ -276,10 +276,18 @@ class MAGMixer(_PersistentMixin):
 
 class MALMixer(_PersistentMixin):
     """``o = SW-Attn(M([p || x]))`` (eqs. 29-31); outputs at the persistent positions are not
-    part of the sequence, so the attention sees the memory's outputs for x only."""
+    part of the sequence, so the attention sees the memory's outputs for x only.
+
+    With ``mal_memory_skip`` the output is ``y + SW-Attn(y)`` for ``y = M([p || x])``: what the
+    memory retrieves at a token also reaches the stream directly. Read literally, it reaches
+    the stream only through the attention, which at initialisation spreads it over the window
+    (a token's weight on itself is ~1/window), so retrieval is learned through a ~window-times
+    weaker path.
+    """
 
     def __init__(self, cfg: TitansConfig) -> None:
         super().__init__()
+        self.memory_skip = cfg.mal_memory_skip
         self._init_persistent(cfg)
         self.memory = _memory(cfg)
         self.attn = _attention(cfg)
@@ -293,7 +301,7 @@ class MALMixer(_PersistentMixin):
     def forward(self, x: Tensor, start: int, state: HybridState) -> tuple[Tensor, HybridState]:
         y, memory = self.memory(x, state.memory)
         o, kv = self.attn(y, _positions(start, x.shape[1], x.device), state.kv)
-        return o, HybridState(memory, kv)
+        return (y + o if self.memory_skip else o), HybridState(memory, kv)
 
 
 # What MAC's memory learns from (TitansConfig.mac_memory_input).

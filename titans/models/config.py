@@ -65,6 +65,10 @@ class TitansConfig:
     # eqs. 24-25 read literally) or "residual" (x + y, the block's stream after attention; see
     # MACMixer and docs/long-context.md).
     mac_memory_input: str = "attention"
+    # MAL: whether the memory's output also reaches the stream directly, ``o = y + SW-Attn(y)``
+    # (memory and attention as two residual layers), rather than only through the attention
+    # (eqs. 29-31 read literally; see MALMixer and docs/long-context.md).
+    mal_memory_skip: bool = False
     window_size: int = 2048  # sliding-window variants: width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
@@ -103,7 +107,8 @@ class TitansConfig:
         check_int("conv_kernel", self.conv_kernel, 0)
         for name in ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim"):
             check_int(name, getattr(self, name), 1, optional=True)
-        for name in ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings"):
+        for name in ("memory_residual_norm", "use_momentum", "use_decay", "tie_word_embeddings",
+                     "mal_memory_skip"):
             check_bool(name, getattr(self, name))
         for name in ("rope_theta", "memory_max_lr", "rms_norm_eps", "initializer_range"):
             check_number(name, getattr(self, name), "> 0", lambda x: x > 0)
