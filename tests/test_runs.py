@@ -23,6 +23,7 @@ from titans.runs import (
     CONFIG_FILE,
     DATA_FILE,
     EVAL_FILE,
+    FORMER_MODEL_DEFAULTS,
     METRICS_FILE,
     STAGING_DIR,
     TRAINER_FILE,
@@ -129,6 +130,28 @@ def test_a_config_json_from_before_the_runtime_section_is_read_into_one(tmp_path
     assert all(m.compile_step for m in loaded.modules() if isinstance(m, NeuralMemory))
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize(("name", "saved"), [
+    ("mac_memory_input", None), ("mac_memory_input", "attention"), ("mac_memory_input", "residual"),
+    ("mal_memory_skip", None), ("mal_memory_skip", False), ("mal_memory_skip", True),
+])
+def test_a_run_from_before_a_field_loads_with_the_behaviour_it_was_trained_with(tmp_path, name,
+                                                                                saved):
+    """Runs saved before mac_memory_input / mal_memory_skip existed were MACs whose memory
+    learned from the attention output and MALs without the skip, which are no longer the
+    defaults: they load as such; a saved value is kept."""
+    model = tiny_model(variant="mal" if name == "mal_memory_skip" else "mac")
+    save(tmp_path, model)
+    values = {**model.config.to_dict(), name: saved}
+    if saved is None:
+        del values[name]
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "model": values}))
+    expected = FORMER_MODEL_DEFAULTS[name] if saved is None else saved
+    assert expected != getattr(TitansConfig(variant="mac"), name) or saved is not None
+    assert read_config(tmp_path)["model"][name] == expected
+    assert getattr(load_checkpoint(tmp_path)[0].config, name) == expected
 
 
 def test_without_a_checkpoint_reading_names_the_missing_files(tmp_path):

@@ -172,12 +172,17 @@ def test_init_from_starts_from_another_runs_weights(tmp_path: Path) -> None:
                                                  lr=1e-30, warmup_steps=0), tokens)
     assert not torch.equal(saved_weights(tmp_path / "c")["embed_tokens.weight"],
                            first["embed_tokens.weight"])
-    other = tiny_model_config(mac_memory_input="residual")
+    other = tiny_model_config(mac_memory_input="attention")
     with pytest.raises(ValueError, match=r"holds another model \(differs in \['mac_memory_input'"):
         train(other, tiny_train_config(tmp_path / "d", init_from=str(tmp_path / "a")), tokens)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(tiny_model_config(), tiny_train_config(tmp_path / "e", init_from=str(tmp_path)),
               tokens)
+    # An option that only another variant reads does not make another model.
+    lmm = tiny_model_config().replace(variant="lmm")
+    train(lmm, tiny_train_config(tmp_path / "f", max_steps=1), tokens)
+    train(lmm.replace(mal_memory_skip=False),
+          tiny_train_config(tmp_path / "g", max_steps=1, init_from=str(tmp_path / "f")), tokens)
 
 
 def test_a_batch_source_supplies_inputs_and_labels(tmp_path: Path) -> None:

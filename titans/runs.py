@@ -44,6 +44,10 @@ CONFIG_FILE = "config.json"
 TRAINER_FILE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
 DATA_FILE = "data.json"
+# Model config fields added with a default other than the behaviour before them: a run saved
+# earlier has no such key and was built with this value (MAC's memory learned from the attention
+# output y, MAL's output was the attention's alone).
+FORMER_MODEL_DEFAULTS = {"mac_memory_input": "attention", "mal_memory_skip": False}
 EVAL_FILE = "eval.json"
 TENSORBOARD_DIR = "tensorboard"
 # A checkpoint is three files, so it is first written here and then moved into the run
@@ -148,6 +152,9 @@ def read_config(out_dir: str | Path) -> dict[str, Any]:
     if "runtime" not in config:
         model, train, runtime = runtime_of_former_config(config["model"], config["train"])
         config = {"model": model, "train": train, "runtime": dataclasses.asdict(runtime)}
+    # Fields whose default is not what runs saved before the field existed were built with.
+    for name, former in FORMER_MODEL_DEFAULTS.items():
+        config["model"].setdefault(name, former)
     return config
 
 

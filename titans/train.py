@@ -569,8 +569,8 @@ def _save_checkpoint(
 def _init_from(model: TitansLM, model_config: TitansConfig, run: Path) -> None:
     """Load the weights of the checkpoint in ``run`` into ``model`` (same model config)."""
     saved = TitansConfig.from_dict(runs.read_config(run)["model"])
-    if saved != model_config:
-        changed = sorted(k for k, v in saved.to_dict().items() if model_config.to_dict()[k] != v)
+    changed = sorted(saved.model_differences(model_config))
+    if changed:
         raise ValueError(f"TrainConfig.init_from: {run} holds another model (differs in "
                          f"{changed}); its weights cannot start this one")
     runs.load_weights(model, run)
@@ -590,11 +590,8 @@ def _load_trainer_state(
 ) -> _Progress:
     """Restore weights, optimizer state and RNG states from ``out_dir``; return the progress."""
     saved = runs.read_config(out_dir)
-    saved_model = TitansConfig.from_dict(saved["model"]).to_dict()
-    wanted_model = model_config.to_dict()
-    if saved_model != wanted_model:
-        diff = {k: (saved_model[k], wanted_model[k]) for k in wanted_model
-                if saved_model[k] != wanted_model[k]}
+    diff = TitansConfig.from_dict(saved["model"]).model_differences(model_config)
+    if diff:
         raise ValueError(
             f"the checkpoint in {out_dir} is of another model config ((saved, requested): {diff})"
         )

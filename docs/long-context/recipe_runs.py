@@ -19,6 +19,8 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+
 from titans.config_files import DataConfig
 from titans.evals.long_context import evaluate_task
 from titans.evals.tasks import TaskBatches
@@ -26,6 +28,27 @@ from titans.experiments.long_context import task_generators
 from titans.models import TitansConfig, TitansLM, count_parameters
 from titans.runs import load_weights, save_data_config
 from titans.train import TrainConfig, train
+
+
+class CopyBatches:
+    """The dense copy probe as training batches (``--tasks copy``): each row is spans of
+    ``span`` random token ids, each followed by its exact repeat, with the loss on the repeats
+    (labels -100 on the first copy). Attention learns it in a few hundred steps, so it can warm
+    up the copying (induction) a model needs before the sparse needle signal (``--init``)."""
+
+    def __init__(self, vocab_size: int, span: int = 32) -> None:
+        self.vocab_size, self.span = vocab_size, span
+
+    def __call__(self, seq_len: int, batch_size: int, step: int, seed: int, rank: int = 0,
+                 world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step * world_size + rank)
+        pairs = -(-seq_len // (2 * self.span))
+        spans = torch.randint(0, self.vocab_size, (batch_size, pairs, 1, self.span), generator=g)
+        ids = spans.expand(-1, -1, 2, -1).reshape(batch_size, -1)[:, :seq_len]
+        labels = ids.clone().view(batch_size, -1)
+        first = (torch.arange(labels.shape[1]) // self.span) % 2 == 0
+        labels[:, first] = -100
+        return ids.contiguous(), labels
 
 
 def main() -> None:
@@ -66,7 +89,9 @@ def main() -> None:
     # data.json makes the run usable by `titans eval niah|babi --run` as well.
     save_data_config(out, data)
     start = time.time()
-    summary = train(cfg, train_cfg, TaskBatches(generators["train"], a.tasks, a.weights))
+    batches = (CopyBatches(tokenizer.vocab_size) if a.tasks == ["copy"]
+               else TaskBatches(generators["train"], a.tasks, a.weights))
+    summary = train(cfg, train_cfg, batches)
     result = {"name": a.name, "args": vars(a), "parameters": count_parameters(cfg),
               "train_s": time.time() - start, "tokens_per_s": summary["tokens_per_s"],
               "final_loss": summary["final_train_loss"], "accuracy": {}}
@@ -75,7 +100,7 @@ def main() -> None:
     model = TitansLM(cfg)
     load_weights(model, out)
     model.eval()
-    for task in a.eval_tasks or a.tasks:
+    for task in a.eval_tasks or [t for t in a.tasks if t != "copy"]:
         rows = evaluate_task(model, generators["test"], task, a.eval_lengths, [0.1, 0.5, 0.9],
                              a.items)
         for length in a.eval_lengths:

@@ -26,11 +26,13 @@ def recording(module, calls):
     module.forward = wrapper
 
 
-def test_mac_reads_the_previous_segments_memory_and_writes_attention_outputs():
+@pytest.mark.parametrize("memory_input", ["attention", "residual"])
+def test_mac_reads_the_previous_segments_memory_and_writes_attention_outputs(memory_input):
     """Segment 2: h = M*_1(q) with M_1 the memory after segment 1 (eq. 21); attention sees
-    [p || h || x] (22-23); the memory learns from y (24); o = y (x) M*(y) (25)."""
+    [p || h || x] (22-23); the memory learns from u = y (24; x + y with the residual input);
+    o = y (x) M*(u) (25)."""
     torch.manual_seed(0)
-    mixer = MACMixer(mac_config()).double()
+    mixer = MACMixer(mac_config(mac_memory_input=memory_input)).double()
     x = torch.randn(2, 16, 16, dtype=torch.float64)
     _, after_first = mixer(x[:, :8], 0, mixer.init_state(2))
 
@@ -53,8 +55,9 @@ def test_mac_reads_the_previous_segments_memory_and_writes_attention_outputs():
     args, kwargs, (y2, _) = attn_calls[1]
     assert torch.equal(args[0], x[:, 8:]) and torch.equal(kwargs["prefix"], mixer.persistent)
     assert torch.equal(args[1], torch.arange(8))  # positions restart in every segment
-    # Eq. 24: the memory is written with the attention output y.
-    assert torch.equal(memory_calls[1][0][0], y2)
+    # Eq. 24: the memory is written with the attention output y (or the stream x + y).
+    u2 = y2 + x[:, 8:] if memory_input == "residual" else y2
+    assert torch.equal(memory_calls[1][0][0], u2)
     # Eq. 25: the output gates y with the memory's per-token read after writing y.
     m2 = memory_calls[1][2][0]
     torch.testing.assert_close(out[:, 8:], mixer.gate(y2, m2), rtol=1e-12, atol=1e-12)
@@ -62,7 +65,7 @@ def test_mac_reads_the_previous_segments_memory_and_writes_attention_outputs():
 
 def test_mac_memory_after_a_segment_is_the_memory_trained_on_its_y():
     torch.manual_seed(1)
-    mixer = MACMixer(mac_config()).double()
+    mixer = MACMixer(mac_config(mac_memory_input="attention")).double()
     x = torch.randn(1, 8, 16, dtype=torch.float64)
     calls = []
     recording(mixer.attn, calls)

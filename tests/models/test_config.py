@@ -425,3 +425,19 @@ def test_replace_method_rederives_derived_fields():
         variant="mac", hidden_size=64, num_heads=2, rope_theta=500.0)
     with pytest.raises(ValueError, match="unknown"):
         cfg.replace(hidden=3)
+
+
+def test_model_differences_count_a_variant_only_field_for_its_variant_only():
+    """An LMM that differs only in a MAC/MAL option is the same model; a MAC that differs in
+    mac_memory_input, or any config that differs in a shared field, is not."""
+    lmm = TitansConfig(variant="lmm", hidden_size=32, num_heads=2)
+    assert lmm.model_differences(lmm.replace(mac_memory_input="attention",
+                                             mal_memory_skip=False)) == {}
+    mac = lmm.replace(variant="mac")
+    assert mac.model_differences(mac.replace(mac_memory_input="attention")) == {
+        "mac_memory_input": ("residual", "attention")}
+    mal = lmm.replace(variant="mal")
+    assert mal.model_differences(mal.replace(mal_memory_skip=False)) == {
+        "mal_memory_skip": (True, False)}
+    assert lmm.model_differences(lmm.replace(conv_kernel=2)) == {"conv_kernel": (4, 2)}
+    assert set(lmm.model_differences(mac)) == {"variant", "num_persistent_tokens"}

@@ -34,9 +34,9 @@ CASES = [(v, {}) for v in VARIANTS] + [
     ("mac", ABLATIONS["linear_memory"]), ("mac", ABLATIONS["no_conv"]),
     ("mac", ABLATIONS["no_persistent"]), ("mag", {**ABLATIONS["no_momentum"], "memory_depth": 3}),
     ("mal", ABLATIONS["no_decay"]), ("mag", {"segment_len": 5, "window_size": 30}),
-    ("mac", {"mac_memory_input": "residual", "memory_conv_init": "induction"}),
+    ("mac", {"mac_memory_input": "attention", "memory_conv_init": "induction"}),
     ("lmm", {"memory_conv_init": "induction"}),
-    ("mal", {"mal_memory_skip": True, "memory_conv_init": "induction"}),
+    ("mal", {"mal_memory_skip": False, "memory_conv_init": "induction"}),
 ]
 IDS = [f"{v}-{'-'.join(o) or 'default'}" for v, o in CASES]
 

@@ -129,13 +129,13 @@ def evaluate_runs(
         report["wall_time_s"] = time.perf_counter() - start
         atomic_save_json(report, out_path)  # after every model: a long run keeps what it measured
     if plots:
-        _plot(report, Path(plots))
+        plot_report(report, Path(plots))
     print(f"results: {out_path}" + (f"; plots: {plots}" if plots else "")
           + f"; {report['wall_time_s'] / 60:.1f} min")
     return report
 
 
-def _plot(report: dict[str, Any], folder: Path) -> None:
+def plot_report(report: dict[str, Any], folder: Path) -> None:
     """Per task: accuracy against length of every model, and for needle tasks each model's
     heatmap."""
     for task in report["tasks"]:
@@ -153,10 +153,10 @@ def _print_task_rows(name: str, task: str, rows: list[dict[str, Any]]) -> None:
     for length in sorted({r["length"] for r in rows}):
         here = [r for r in rows if r["length"] == length]
         if here[0]["accuracy"] is None:
-            print(f"{name:<12}{task:<6}{format_length(length):>6}  not run: {here[0]['skipped']}")
+            print(f"{name:<12} {task:<6}{format_length(length):>6}  not run: {here[0]['skipped']}")
             continue
         accuracy = sum(r["correct"] for r in here) / sum(r["items"] for r in here)
-        print(f"{name:<12}{task:<6}{format_length(length):>6}  accuracy {accuracy:5.2f}  "
+        print(f"{name:<12} {task:<6}{format_length(length):>6}  accuracy {accuracy:5.2f}  "
               f"{here[0]['tokens_per_s']:8.0f} tok/s  peak {here[0]['peak_memory_mib']:7.0f} MiB",
               flush=True)
 

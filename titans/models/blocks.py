@@ -278,11 +278,11 @@ class MALMixer(_PersistentMixin):
     """``o = SW-Attn(M([p || x]))`` (eqs. 29-31); outputs at the persistent positions are not
     part of the sequence, so the attention sees the memory's outputs for x only.
 
-    With ``mal_memory_skip`` the output is ``y + SW-Attn(y)`` for ``y = M([p || x])``: what the
-    memory retrieves at a token also reaches the stream directly. Read literally, it reaches
-    the stream only through the attention, which at initialisation spreads it over the window
-    (a token's weight on itself is ~1/window), so retrieval is learned through a ~window-times
-    weaker path.
+    By default (``mal_memory_skip``) the output is ``y + SW-Attn(y)`` for ``y = M([p || x])``:
+    what the memory retrieves at a token also reaches the stream directly. Read literally
+    (``mal_memory_skip=False``), it reaches the stream only through the attention, which at
+    initialisation spreads it over the window (a token's share of its own output is ~1/window),
+    and MAL trained that way learned no retrieval (docs/long-context.md).
     """
 
     def __init__(self, cfg: TitansConfig) -> None:
@@ -318,10 +318,11 @@ class MACMixer(_PersistentMixin):
     where each position reads the memory updated up to itself. RoPE positions restart in every
     segment: the attention window is the segment.
 
-    With ``mac_memory_input="residual"`` the memory learns from (and the gate reads) ``x + y``
-    instead of ``y``: at initialisation attention averages its segment, so the y of different
-    tokens are nearly parallel (mean key cosine ~0.7 against ~0.02 for x) and a memory written
-    with them cannot tell tokens apart.
+    By default (``mac_memory_input="residual"``) the memory learns from (and the gate reads)
+    ``x + y`` rather than ``y`` (``"attention"``, the equations read literally): at
+    initialisation attention averages its segment, so the y of different tokens are nearly
+    parallel (mean key cosine ~0.7 against ~0.02 for x), a memory written with them cannot tell
+    tokens apart, and MAC trained that way learned no retrieval (docs/long-context.md).
     """
 
     def __init__(self, cfg: TitansConfig) -> None:

@@ -61,14 +61,15 @@ class TitansConfig:
     intermediate_size: int | None = None  # SwiGLU width; None: 8/3 * hidden, multiple of 64
     # Attention.
     segment_len: int = 512  # MAC: tokens per segment (its attention window)
-    # MAC: what its memory learns from and its gate reads, "attention" (the attention output y,
-    # eqs. 24-25 read literally) or "residual" (x + y, the block's stream after attention; see
-    # MACMixer and docs/long-context.md).
-    mac_memory_input: str = "attention"
+    # MAC: what its memory learns from and its gate reads, "residual" (x + y, the block's stream
+    # after attention) or "attention" (the attention output y, eqs. 24-25 read literally, with
+    # which MAC learned no retrieval: see MACMixer and docs/long-context.md).
+    mac_memory_input: str = "residual"
     # MAL: whether the memory's output also reaches the stream directly, ``o = y + SW-Attn(y)``
     # (memory and attention as two residual layers), rather than only through the attention
-    # (eqs. 29-31 read literally; see MALMixer and docs/long-context.md).
-    mal_memory_skip: bool = False
+    # (False: eqs. 29-31 read literally, with which MAL learned no retrieval; see MALMixer and
+    # docs/long-context.md).
+    mal_memory_skip: bool = True
     window_size: int = 2048  # sliding-window variants: width (tokens seen incl. itself)
     num_persistent_tokens: int | None = None  # mac/mag/mal; None: 16 (other variants: 0)
     rope_theta: float = 10000.0
@@ -169,6 +170,15 @@ class TitansConfig:
         """All fields with their (resolved) values, e.g. for a JSON config file."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
+    def model_differences(self, other: TitansConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's, other's)}`` for the fields that make the two configs different
+        models. A field that only one variant reads (:data:`VARIANT_ONLY_FIELDS`) counts only
+        for that variant, so e.g. an LMM saved before a MAC option's default changed is still
+        the same LMM."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (v, theirs[k]) for k, v in mine.items() if v != theirs[k]
+                and VARIANT_ONLY_FIELDS.get(k, self.variant) in (self.variant, other.variant)}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TitansConfig:
         """Build from a mapping (e.g. parsed JSON/YAML); unknown keys are an error."""
@@ -189,6 +199,9 @@ class TitansConfig:
             values["num_persistent_tokens"] = persistent
         return cls.from_dict({**values, **overrides})
 
+
+# Fields that only one variant reads.
+VARIANT_ONLY_FIELDS = {"mac_memory_input": "mac", "mal_memory_skip": "mal"}
 
 _DERIVED = ("head_dim", "intermediate_size", "memory_num_heads", "memory_head_dim",
             "num_persistent_tokens")
