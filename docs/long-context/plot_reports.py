@@ -2,7 +2,7 @@
 ``titans eval ... --run A B C --plots DIR`` would: accuracy against context length per task
 (one curve per model) and, for needle tasks, a heatmap per model.
 
-    python docs/long-context/plot_reports.py --out docs/long-context/figures \\
+    python docs/long-context/plot_reports.py --out docs/long-context/recall-1k \\
         lmm=evals/lmm-1k mac=evals/mac-1k
 
 Each argument is ``name=report`` (the name labels the model in the figures); reports of one
