@@ -58,7 +58,7 @@ def test_mac_reads_the_previous_segments_memory_and_writes_attention_outputs(mem
     # Eq. 24: the memory is written with the attention output y (or the stream x + y).
     u2 = y2 + x[:, 8:] if memory_input == "residual" else y2
     assert torch.equal(memory_calls[1][0][0], u2)
-    # Eq. 25: the output gates y with the memory's per-token read after writing y.
+    # Eq. 25: the output gates y with the memory's per-token read after writing u.
     m2 = memory_calls[1][2][0]
     torch.testing.assert_close(out[:, 8:], mixer.gate(y2, m2), rtol=1e-12, atol=1e-12)
 
