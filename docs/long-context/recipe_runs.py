@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="TitansConfig fields, key=JSON")
     p.add_argument("--init", default=None,
                    help="start from this run's weights (TrainConfig.init_from): a curriculum")
+    p.add_argument("--score-context", action="store_true",
+                   help="loss on every token of an item, not only its answers")
     a = p.parse_args()
 
     data = DataConfig(source="default", tokenizer="bpe:8192")
@@ -90,7 +92,7 @@ def main() -> None:
     save_data_config(out, data)
     start = time.time()
     batches = (CopyBatches(tokenizer.vocab_size) if a.tasks == ["copy"]
-               else TaskBatches(generators["train"], a.tasks, a.weights))
+               else TaskBatches(generators["train"], a.tasks, a.weights, a.score_context))
     summary = train(cfg, train_cfg, batches)
     result = {"name": a.name, "args": vars(a), "parameters": count_parameters(cfg),
               "train_s": time.time() - start, "tokens_per_s": summary["tokens_per_s"],

@@ -137,10 +137,11 @@ def evaluate_runs(
 
 def plot_report(report: dict[str, Any], folder: Path) -> None:
     """Per task: accuracy against length of every model, and for needle tasks each model's
-    heatmap."""
+    heatmap. A model without rows of a task (reports merged from runs on different tasks) is
+    left out of that task's figures."""
     for task in report["tasks"]:
-        curves = {name: [r for r in m["rows"] if r["task"] == task]
-                  for name, m in report["models"].items()}
+        curves = {name: rows for name, m in report["models"].items()
+                  if (rows := [r for r in m["rows"] if r["task"] == task])}
         plot_accuracy_vs_length(curves, folder / f"{task}-accuracy-vs-length.png",
                                 title=f"{task}: accuracy against context length")
         if needs_depth(task):
