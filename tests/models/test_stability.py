@@ -22,8 +22,6 @@ from titans.ops import MemoryState
 from titans.runs import read_metrics
 from titans.train import TrainConfig, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 MEMORY_VARIANTS = tuple(name for name, spec in VARIANTS.items() if spec.has_memory)
 
 
@@ -44,6 +42,7 @@ def largest_weight_norm(memories: list[MemoryState]) -> float:
     return max(torch.linalg.matrix_norm(w).max().item() for m in memories for w in m.weights)
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("variant", [*MEMORY_VARIANTS, "swa"])
 def test_long_stream_keeps_memory_bounded(variant: str) -> None:
     """50K tokens at default init, float32, no_grad: every output is finite and no memory weight
@@ -74,9 +73,11 @@ def test_long_stream_keeps_memory_bounded(variant: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", MEMORY_VARIANTS)
 def test_deep_memory_trains_stably_on_the_corpus(variant: str, tmp_path: Path) -> None:
-    """150 steps of the ``small`` preset (1 x 512 tokens, lr 3e-3 as in configs/, clipping 1.0)
+    """100 steps of the ``small`` preset (1 x 512 tokens, lr 3e-3 as in configs/, clipping 1.0)
     on the embedded corpus with every memory default (deep memory, residual LayerNorm,
-    momentum, decay): no non-finite value, no gradient spike, the loss clearly falls."""
+    momentum, decay): no non-finite value, no gradient spike, the loss clearly falls. (Under
+    the old defaults the deep memory diverged within ~25 steps.) All of the machine's threads:
+    this model is large enough to gain from them."""
     from titans.config_files import DataConfig
     from titans.data.pipeline import prepare
 
@@ -84,11 +85,11 @@ def test_deep_memory_trains_stably_on_the_corpus(variant: str, tmp_path: Path) -
     config = TitansConfig.from_preset("small", variant, vocab_size=tokenizer.vocab_size)
     assert config.memory_depth == 2 and config.memory_residual_norm
     train_cfg = TrainConfig(out_dir=str(tmp_path / variant), seq_len=512, batch_size=1,
-                            max_steps=150, lr=3e-3, warmup_steps=16, save_every=150,
+                            max_steps=100, lr=3e-3, warmup_steps=16, save_every=100,
                             log_every=1, progress=False)
     train(config, train_cfg, files["train"].tokens)  # raises FloatingPointError on divergence
     records = [r for r in read_metrics(tmp_path / variant / "metrics.jsonl") if "loss" in r]
-    assert len(records) == 150
+    assert len(records) == 100
     norms = [r["grad_norm"] for r in records]
     assert max(norms) <= 50 * statistics.median(norms)
     # The gates are float32: a saturated sigmoid times its cap may round just above the cap.
