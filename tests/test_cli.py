@@ -162,7 +162,7 @@ def test_a_recall_section_compares_recall_beyond_the_training_length(tmp_path, d
 
 
 @pytest.mark.parametrize(("section", "message"), [
-    ("recall: 3", "recall must be a section"),
+    ("recall: 3", "config section 'recall' must be a mapping of keys, got 3"),
     ("recall: {models: {}}", "recall needs a task section"),
     ("recall: {task: {tasks: [niah1]}, multipliers: [0]}", "recall.multipliers must be"),
     ("recall: {task: {tasks: [niah1]}, eval: {}}", "unknown config sections ['eval']"),
@@ -189,6 +189,12 @@ def test_a_bad_recall_section_exits_before_training(tmp_path, docs, capsys, sect
     (["--set", "train.lr"], "key=value"),
     (["--set", "model.compile_memory=true"], "runtime section: runtime.compile: memory"),
     (["--set", "runtime.compile=yes"], "RuntimeConfig.compile must be one of"),
+    (["--set", "x=[1,"], "--set 'x=[1,': the value is not valid YAML at line 1"),
+    (["--set", "model=5"], "config section 'model' must be a mapping of keys, got 5"),
+    (["--set", "model.memory_max_lr=.inf"], "memory_max_lr must be a finite number > 0, got inf"),
+    (["--set", "train.lr=1e999"], "TrainConfig.lr must be a finite number > 0, got inf"),
+    (["--set", "model.rms_norm_eps=.nan"], "rms_norm_eps must be a finite number > 0, got nan"),
+    (["--set", "train.seq_len=1"], "TrainConfig.seq_len must be an int >= 2, got 1"),
 ])
 def test_bad_configs_exit_with_one_line(tmp_path, docs, capsys, args, message):
     config = write_config(tmp_path, docs)
@@ -197,6 +203,33 @@ def test_bad_configs_exit_with_one_line(tmp_path, docs, capsys, args, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("model:\n  a: [1,\n", "is not valid YAML at line 3, column 1"),
+    ("model: 5\n", "config section 'model' must be a mapping of keys, got 5"),
+    ("train: [1, 2]\n", "config section 'train' must be a mapping of keys, got [1, 2]"),
+])
+def test_bad_config_files_exit_with_one_line(tmp_path, capsys, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(config), "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert str(config) in err or "section" in message
+
+
+def test_a_bad_toml_config_exits_with_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[model\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"config file {config} is not valid TOML" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, docs, capsys):
@@ -256,6 +289,8 @@ def test_task_fine_tuning_then_niah_and_babi_evaluation(tmp_path, docs, capsys):
     (["niah", "--tasks", "qa1"], "not ['qa1']"),
     (["niah", "--depths", "1.5"], "[0, 1]"),
     (["perplexity", "b"], "one --run"),
+    (["niah", "--items", "0"], "items per cell must be an int >= 1, got 0"),
+    (["babi", "--items", "-2"], "items per cell must be an int >= 1, got -2"),
 ])
 def test_bad_task_evaluations_exit_with_one_line(tmp_path, capsys, args, message):
     run = tmp_path / "a"

@@ -145,7 +145,8 @@ def test_defaults_come_from_their_owners():
     ({"tasks": ["qa9"]}, "task.tasks must be a non-empty list"),
     ({"weights": [1.0]}, "task.weights must be one number per task"),
     ({"score_context": 1}, "task.score_context must be a bool, got 1"),
-    ({"eval_depths": [0.5, 1.5]}, "task.eval_depths must be a non-empty list of numbers in [0, 1]"),
+    ({"eval_depths": [0.5, 1.5]},
+     "task.eval_depths must be a non-empty list of finite numbers in [0, 1]"),
     ({"eval_items": 0}, "task.eval_items must be an int >= 1, got 0"),
 ])
 def test_bad_task_values_raise(values, message):

@@ -60,9 +60,10 @@ def saved_weights(out_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("seq_len", 0), ("batch_size", -1), ("grad_accum", 1.5), ("max_steps", 0),
+    [("seq_len", 0), ("seq_len", 1), ("batch_size", -1), ("grad_accum", 1.5), ("max_steps", 0),
      ("max_tokens", 0), ("lr", 0.0), ("lr", True), ("min_lr_ratio", 1.5), ("warmup_steps", -1),
-     ("weight_decay", -0.1), ("beta1", 1.0), ("beta2", -0.1), ("grad_clip", -1.0),
+     ("lr", float("inf")), ("weight_decay", -0.1), ("beta1", 1.0), ("beta2", -0.1),
+     ("grad_clip", -1.0),
      ("eval_every", 0), ("eval_batches", 0), ("save_every", 0), ("log_every", 0), ("seed", -1),
      ("device", "gpu7"), ("dtype", "float16"), ("tensorboard", 1), ("progress", "yes"),
      ("out_dir", ""), ("init_from", ""), ("init_from", 3)],

@@ -2,12 +2,14 @@
 
 Every check raises ``ValueError("{name} must be ..., got {value!r}")``: the message names the
 field, the rule and the bad value. A bool is never a number or an int here (``True`` is a
-Python int, but a config value of ``true`` for a size is a mistake), and NaN fails every
-comparison rule.
+Python int, but a config value of ``true`` for a size is a mistake), and a number is finite:
+NaN and infinity fail every number rule (an infinite learning rate or epsilon passes "> 0" but
+makes every result NaN or 0).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -23,14 +25,16 @@ def check_number(
     if optional and value is None:
         return
     if not _is_number(value) or not ok(value):
-        raise ValueError(f"{name} must be {_none_or(optional)}a number {rule}, got {value!r}")
+        raise ValueError(
+            f"{name} must be {_none_or(optional)}a finite number {rule}, got {value!r}")
 
 
 def check_numbers(name: str, values: Any, rule: str, ok: Callable[[float], bool]) -> None:
     """Raise ``ValueError("{name} must be a non-empty list of numbers {rule}, got ...")`` unless
     ``values`` is a non-empty list or tuple of numbers (not bools) for which ``ok`` holds."""
     if not _is_list(values) or not all(_is_number(v) and ok(v) for v in values):
-        raise ValueError(f"{name} must be a non-empty list of numbers {rule}, got {values!r}")
+        raise ValueError(
+            f"{name} must be a non-empty list of finite numbers {rule}, got {values!r}")
 
 
 def check_int(
@@ -75,7 +79,8 @@ def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _is_int(value: Any, low: int | None, numpy: bool) -> bool:

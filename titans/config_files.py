@@ -37,6 +37,9 @@ else:  # pragma: no cover - Python 3.10
 RUN_SECTIONS = ("model", "train", "data", "eval", "runtime")
 COMPARE_SECTIONS = ("models", "match_parameters", "train", "data", "eval", "sample", "task",
                     "runtime", "recall")
+# The sections whose value is a mapping of keys (the others hold one value).
+MAPPING_SECTIONS = frozenset(("model", "models", "train", "data", "eval", "runtime", "sample",
+                              "task", "recall"))
 # The recall section of a comparison (titans.experiments.compare): a task comparison of its own.
 RECALL_SECTIONS = ("models", "match_parameters", "train", "task", "multipliers")
 # The held-out splits an evaluation may score.
@@ -54,8 +57,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    """``text`` parsed as YAML; ``ValueError`` naming ``where`` and the problem's line if it is
+    not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ValueError(f"{where} is not valid YAML{line}: {problem}") from None
 
 
 @dataclass
@@ -116,9 +127,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     if path.suffix in (".yaml", ".yml"):
-        values = parse_yaml(path.read_text()) or {}
+        values = parse_yaml(path.read_text(), f"config file {path}") or {}
     elif path.suffix == ".toml":
-        values = tomllib.loads(path.read_text())
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path} is not valid TOML: {e}") from None
     else:
         raise ValueError(f"config file {path} must end in .yaml, .yml or .toml")
     if not isinstance(values, dict):
@@ -139,7 +153,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
-        node[leaf] = parse_yaml(raw)
+        node[leaf] = parse_yaml(raw, f"--set {item!r}: the value")
     return values
 
 
@@ -174,9 +188,15 @@ def model_config(values: dict[str, Any] | None, vocab_size: int) -> TitansConfig
 
 
 def check_sections(values: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Only ``allowed`` sections, and each one that holds keys a mapping (a ``model: 5`` would
+    otherwise fail deep inside with a TypeError)."""
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ValueError(f"unknown config sections {unknown}; valid sections: {list(allowed)}")
+    for name in set(values) & MAPPING_SECTIONS:
+        if values[name] is not None and not isinstance(values[name], dict):
+            raise ValueError(f"config section {name!r} must be a mapping of keys, got "
+                             f"{values[name]!r}")
 
 
 def check_former_keys(values: dict[str, Any]) -> None:

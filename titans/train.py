@@ -95,7 +95,9 @@ class TrainConfig:
             self.out_dir = os.fspath(self.out_dir)  # keep asdict() JSON-serialisable
         if not isinstance(self.out_dir, str) or not self.out_dir:
             raise ValueError(f"TrainConfig.out_dir must be a non-empty path, got {self.out_dir!r}")
-        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every",
+        # A sequence of one token has no next token to predict: no loss, nothing to train.
+        check_int("TrainConfig.seq_len", self.seq_len, 2)
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every",
                      "eval_batches", "save_every", "log_every"):
             check_int(f"TrainConfig.{name}", getattr(self, name), 1)
         for name in ("warmup_steps", "seed"):

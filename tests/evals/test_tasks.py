@@ -509,7 +509,8 @@ def test_task_mix_errors_name_the_field_with_its_prefix():
     check_task_mix(("qa2",), None)
     with pytest.raises(ValueError, match=r"^task\.tasks must be a non-empty list of .*'nope'"):
         check_task_mix(["niah1", "nope"], None, "task.")
-    with pytest.raises(ValueError, match=r"^task\.weights must be a non-empty list of numbers"):
+    with pytest.raises(ValueError,
+                       match=r"^task\.weights must be a non-empty list of finite numbers"):
         check_task_mix(["niah1"], [float("nan")], "task.")
     with pytest.raises(ValueError, match=r"^weights must be one number per task \(2 tasks\)"):
         check_task_mix(["niah1", "qa1"], [1])

@@ -275,7 +275,7 @@ def test_autocast_keeps_memory_state_in_float32():
         ({"max_momentum": 1.5}, "max_momentum"),
         ({"max_decay": 0.0}, "max_decay"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
-        ({"max_decay": "0.1"}, "max_decay must be a number"),
+        ({"max_decay": "0.1"}, "max_decay must be a finite number"),
         ({"chunk_size": True}, "chunk_size must be an int >= 1, got True"),
         ({"chunk_size": None}, "chunk_size must be an int >= 1, got None"),
         ({"memory_expansion": 2.0}, "memory_expansion must be an int >= 1, got 2.0"),

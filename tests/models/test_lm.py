@@ -254,8 +254,14 @@ def test_bad_inputs_raise_clear_errors():
     other = model_for(config("mac", num_hidden_layers=3))
     with pytest.raises(ValueError, match="layers"):
         other(torch.zeros(2, 3, dtype=torch.long), state)
-    with pytest.raises(ValueError, match="temperature"):
-        model.generate(torch.zeros(1, 3, dtype=torch.long), 2, temperature=-1)
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    for bad in (-1, float("nan"), float("inf")):  # inf would sample uniformly: noise, not text
+        with pytest.raises(ValueError, match=r"^temperature must be a finite number >= 0"):
+            model.generate(prompt, 2, temperature=bad)
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be an int >= 0, got 2.5"):
+        model.generate(prompt, 2.5)
+    with pytest.raises(ValueError, match=r"^top_k must be None or an int >= 1, got 2.5"):
+        model.generate(prompt, 2, top_k=2.5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -35,7 +35,6 @@ the needle has the same ids wherever it lands and lengths are exact without re-t
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import uuid
@@ -351,7 +350,7 @@ def check_task_mix(tasks: Sequence[str], weights: Sequence[float] | None, prefix
         raise ValueError(f"{prefix}tasks must be a non-empty list of {TASKS}, got {tasks!r}")
     if weights is None:
         return
-    check_numbers(f"{prefix}weights", weights, "in (0, inf)", lambda w: 0 < w < math.inf)
+    check_numbers(f"{prefix}weights", weights, "> 0", lambda w: w > 0)
     if len(weights) != len(tasks):
         raise ValueError(f"{prefix}weights must be one number per task ({len(tasks)} tasks), "
                          f"got {weights!r}")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from titans import runs
+from titans.checks import check_int
 from titans.config_files import DataConfig, TaskConfig
 from titans.data.pipeline import load_corpus
 from titans.data.tokenizer import Tokenizer
@@ -99,7 +100,9 @@ def evaluate_runs(
             raise ValueError(f"--depths must lie in [0, 1], got {depths}")
     elif depths:
         raise ValueError("bAbI facts are scattered through the prose: --depths is for niah")
-    items = items or (QUICK["items"] if quick else defaults["items"])
+    if items is None:
+        items = QUICK["items"] if quick else defaults["items"]
+    check_int("items per cell", items, 1)
     names = [Path(run).name for run in run_dirs]
     if len(set(names)) != len(names):
         raise ValueError(f"runs must have distinct directory names, got {names}")
