@@ -2,45 +2,15 @@
 compare; and one-line errors (exit status 2, no traceback) for bad configs and data."""
 
 import json
-import random
 
 import pytest
 
 from titans.cli import main
 from titans.models import TitansConfig, count_parameters
 
-WORDS = ["the", "people", "of", "our", "nation", "congress", "shall", "act", "upon", "law", "and",
-         "war", "peace", "trade", "states", "union", "freedom", "whale", "sea", "ship", "captain"]
 
-
-@pytest.fixture
-def docs(tmp_path, monkeypatch):
-    """A folder of 12 small English-like documents, and an empty cache for this test."""
-    monkeypatch.setenv("TITANS_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for i in range(12):
-        text = ". ".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(60))
-        (folder / f"doc{i:02d}.txt").write_text(text + ".\n")
-    return folder
-
-
-def write_config(tmp_path, docs, **train):
-    train = {"seq_len": 32, "batch_size": 2, "max_steps": 6, "warmup_steps": 2,
-             "eval_every": 3, "eval_batches": 1, "save_every": 3, "log_every": 1,
-             "progress": False, **train}
-    lines = ["model:", "  preset: tiny", "  variant: mac", "  hidden_size: 32",
-             "  segment_len: 16", "data:", f"  source: {docs}", "  tokenizer: bpe:300",
-             "train:", *(f"  {k}: {str(v).lower() if isinstance(v, bool) else v}"
-                         for k, v in train.items())]
-    path = tmp_path / "run.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def test_train_resume_eval_generate_info(tmp_path, docs, capsys):
-    config = write_config(tmp_path, docs)
+def test_train_resume_eval_generate_info(tmp_path, write_config, capsys):
+    config = write_config()
     run = tmp_path / "run"
     main(["train", "--config", str(config), "--out", str(run), "--set", "train.max_steps=3"])
     summary = json.loads(capsys.readouterr().out)
@@ -65,10 +35,11 @@ def test_train_resume_eval_generate_info(tmp_path, docs, capsys):
     assert f"parameters: {count_parameters(cfg):,}" in out and cfg.vocab_size == 300
 
 
-def test_a_run_from_before_the_runtime_section_evals_samples_and_resumes(tmp_path, docs, capsys):
+def test_a_run_from_before_the_runtime_section_evals_samples_and_resumes(tmp_path, write_config,
+                                                                           capsys):
     """Its config.json keeps the knobs in the model config and the compile switch in train; every
     command reads them as the run's runtime, and the resumed run saves the new session's."""
-    config = write_config(tmp_path, docs)
+    config = write_config()
     run = tmp_path / "run"
     main(["train", "--config", str(config), "--out", str(run), "--set", "train.max_steps=3"])
     saved = json.loads((run / "config.json").read_text())
@@ -196,8 +167,8 @@ def test_a_bad_recall_section_exits_before_training(tmp_path, docs, capsys, sect
     (["--set", "model.rms_norm_eps=.nan"], "rms_norm_eps must be a finite number > 0, got nan"),
     (["--set", "train.seq_len=1"], "TrainConfig.seq_len must be an int >= 2, got 1"),
 ])
-def test_bad_configs_exit_with_one_line(tmp_path, docs, capsys, args, message):
-    config = write_config(tmp_path, docs)
+def test_bad_configs_exit_with_one_line(tmp_path, write_config, capsys, args, message):
+    config = write_config()
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(config), "--out", str(tmp_path / "r"), *args])
     assert exit_info.value.code == 2
@@ -232,8 +203,8 @@ def test_a_bad_toml_config_exits_with_one_line(tmp_path, capsys):
     assert f"config file {config} is not valid TOML" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, docs, capsys):
-    config = write_config(tmp_path, docs, max_steps=1)
+def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, write_config, capsys):
+    config = write_config(max_steps=1)
     main(["train", "--config", str(config), "--out", str(tmp_path / "r")])
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(config), "--out", str(tmp_path / "r")])

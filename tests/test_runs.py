@@ -29,6 +29,7 @@ from titans.runs import (
     TRAINER_FILE,
     WEIGHTS_FILE,
     MetricsLog,
+    RunInUseError,
     commit_checkpoint,
     has_checkpoint,
     load_checkpoint,
@@ -38,6 +39,7 @@ from titans.runs import (
     read_metrics,
     read_trainer_state,
     rng_state,
+    run_lock,
     save_checkpoint,
     save_data_config,
     save_eval_results,
@@ -219,13 +221,55 @@ def test_the_metrics_log_continues_without_duplicates(tmp_path):
     assert read_metrics(tmp_path / "absent.jsonl") == []
 
 
-def test_the_data_config_and_the_evaluation_are_kept_in_the_run(tmp_path):
-    data = DataConfig(source="docs/", tokenizer="bpe:300")
+def test_the_data_config_and_the_evaluation_are_kept_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = DataConfig(source="docs/", tokenizer="tok/tokenizer.json")
     save_data_config(tmp_path / "run", data)
-    assert read_data_config(tmp_path / "run") == data
+    # Local paths are kept absolute: the run means the same corpus from any directory.
+    assert read_data_config(tmp_path / "run") == DataConfig(
+        source=str(tmp_path / "docs"), tokenizer=str(tmp_path / "tok" / "tokenizer.json"))
+    for named in (DataConfig(), DataConfig(source="hf:wikitext", tokenizer="mistral")):
+        save_data_config(tmp_path / "named", named)
+        assert read_data_config(tmp_path / "named") == named
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path} has no data.json: was it trained")):
         read_data_config(tmp_path)
     rows = [{"context_length": 16, "ppl": 2.5}]
     save_eval_results(tmp_path / "run", "test", rows)
     assert json.loads((tmp_path / "run" / EVAL_FILE).read_text()) == {"split": "test",
                                                                       "results": rows}
+
+
+def test_resuming_with_other_data_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_data_config(tmp_path / "run", DataConfig(source="docs", tokenizer="bpe:300"))
+    before = (tmp_path / "run" / "data.json").read_bytes()
+    # The same config, a relative path given from the same directory: accepted.
+    save_data_config(tmp_path / "run", DataConfig(source="./docs", tokenizer="bpe:300"), True)
+    for other in (DataConfig(source="other", tokenizer="bpe:300"),
+                  DataConfig(source="docs", tokenizer="bpe:400")):
+        with pytest.raises(ValueError, match="would mix two corpora"):
+            save_data_config(tmp_path / "run", other, resume=True)
+        assert (tmp_path / "run" / "data.json").read_bytes() == before
+    # A fresh run (not a resume) records its own data.
+    save_data_config(tmp_path / "run", DataConfig(source="other"))
+    assert read_data_config(tmp_path / "run").source == str(tmp_path / "other")
+
+
+@pytest.mark.parametrize("text", ['{"source": "default", "extra": 1}', "{not json", "[1, 2]",
+                                  b"\xff\xfe\x00garbage"])
+def test_a_damaged_data_config_is_named_in_one_line(tmp_path, text):
+    (tmp_path / "data.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError) as info:
+        read_data_config(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'data.json'} is damaged") and "\n" not in message
+
+
+def test_a_run_directory_has_one_writer_at_a_time(tmp_path):
+    with run_lock(tmp_path / "run"):
+        with (pytest.raises(RunInUseError, match="is in use: another process is training"),
+              run_lock(tmp_path / "run")):
+            pass
+        assert list((tmp_path / "run").iterdir()) == []  # the lock writes nothing
+    with run_lock(tmp_path / "run"):  # released at the end of the block
+        pass

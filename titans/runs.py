@@ -8,10 +8,14 @@ A run directory (``TrainConfig.out_dir``) holds:
 - ``trainer.pt``: what resuming needs besides the weights (progress, optimizer, schedule, every
   RNG's state; see :func:`titans.train.train`);
 - ``metrics.jsonl``: one JSON record per logged training step and per evaluation;
-- ``data.json``: the data config (``DataConfig`` fields) the run was trained on, written by
-  ``titans train`` and ``titans compare`` so that later commands find the same tokenizer;
+- ``data.json``: the data config (``DataConfig`` fields) the run was trained on, with local
+  paths made absolute, so that later commands, from any directory, find the same documents and
+  tokenizer; written by :func:`titans.train.train` once it holds the run (given ``data``);
 - ``eval.json``: the last ``titans eval`` (perplexity) of the run;
 - ``tensorboard/``: TensorBoard events, when enabled.
+
+A training process holds the run directory (:func:`run_lock`) from start to end, so a second
+one on the same directory is refused instead of interleaving its metrics and checkpoints.
 
 The first three files are the checkpoint. They are saved together: written into a staging
 directory and then moved in, so a crash at any point leaves either the previous checkpoint or a
@@ -20,11 +24,13 @@ complete new one that :func:`commit_checkpoint` finishes moving in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-from titans.config_files import DataConfig
+from titans.config_files import DataConfig, build_dataclass
+from titans.data.sources import DEFAULT_SOURCE, HF_PREFIX
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
 from titans.models.lm import TitansLM
@@ -53,6 +60,50 @@ TENSORBOARD_DIR = "tensorboard"
 # A checkpoint is three files, so it is first written here and then moved into the run
 # directory; see ``commit_checkpoint``.
 STAGING_DIR = ".checkpoint-staging"
+
+
+# --------------------------------------------------------------------------------------------
+# Who may write a run
+
+
+class RunInUseError(FileExistsError):
+    """Another process holds the run directory (it is training into it)."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``out_dir`` (created if missing) for one writer until the block ends; raise
+    :class:`RunInUseError` at once if another process holds it.
+
+    The lock is the OS's advisory lock on the directory itself (``flock``), which the kernel
+    drops when its holder dies, even by SIGKILL: a crashed run never leaves a stale lock, and
+    taking the lock writes nothing into the run. Windows, which cannot lock a directory, locks a
+    ``.lock`` file in it instead.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    fd = os.open(out_dir, os.O_RDONLY) if fcntl else os.open(out_dir / ".lock",
+                                                              os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            if fcntl:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                import msvcrt
+
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            raise RunInUseError(
+                f"{out_dir} is in use: another process is training into it; wait for it to "
+                "end or choose another out_dir (--out)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,9 +295,33 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 # What the commands keep next to the checkpoint
 
 
-def save_data_config(out_dir: str | Path, data: DataConfig) -> None:
-    """Record the data config a run is trained on (``data.json``)."""
-    atomic_save_json(dataclasses.asdict(data), Path(out_dir) / DATA_FILE)
+def absolute_data_config(data: DataConfig) -> DataConfig:
+    """``data`` with its local paths (a document source, a tokenizer file) made absolute: a
+    relative path means another corpus when a run is evaluated from another directory."""
+    source, tokenizer = data.source, data.tokenizer
+    if source != DEFAULT_SOURCE and not source.startswith(HF_PREFIX):
+        source = str(Path(source).expanduser().resolve())
+    if tokenizer.endswith((".json", ".model")):
+        tokenizer = str(Path(tokenizer).expanduser().resolve())
+    return dataclasses.replace(data, source=source, tokenizer=tokenizer)
+
+
+def save_data_config(out_dir: str | Path, data: DataConfig, resume: bool = False) -> None:
+    """Record the data config a run is trained on (``data.json``, local paths absolute). With
+    ``resume``, a recorded config must be the same one: ``ValueError`` (writing nothing) if the
+    run was trained on other data, which the resumed run and every later evaluation would
+    silently mix up."""
+    data = absolute_data_config(data)
+    path = Path(out_dir) / DATA_FILE
+    if resume and path.is_file():
+        recorded = absolute_data_config(read_data_config(out_dir))
+        if recorded != data:
+            raise ValueError(
+                f"{out_dir} was trained on {dataclasses.asdict(recorded)} ({path}); resuming it "
+                f"with {dataclasses.asdict(data)} would mix two corpora: resume with the data "
+                "config it was trained on"
+            )
+    atomic_save_json(dataclasses.asdict(data), path)
 
 
 def read_data_config(out_dir: str | Path) -> DataConfig:
@@ -255,7 +330,11 @@ def read_data_config(out_dir: str | Path) -> DataConfig:
     if not path.is_file():
         raise ValueError(f"{out_dir} has no {DATA_FILE}: was it trained with `titans train` or "
                          "`titans compare`?")
-    return DataConfig(**json.loads(path.read_text()))
+    try:
+        return build_dataclass(DataConfig, json.loads(path.read_text(encoding="utf-8")), "data")
+    except (ValueError, TypeError) as e:  # not JSON, not UTF-8, not a mapping, unknown keys
+        raise ValueError(f"{path} is damaged ({e}): restore it (it records the data config the "
+                         "run was trained on) or retrain") from None
 
 
 def save_eval_results(out_dir: str | Path, split: str, rows: list[dict[str, Any]]) -> None:

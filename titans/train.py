@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from titans import distributed, runs
 from titans.checks import check_bool, check_choice, check_int, check_number
+from titans.config_files import DataConfig
 from titans.data.batches import BatchSource, as_batch_source
 from titans.distributed import DistEnv
 from titans.models import no_weight_decay
@@ -197,6 +198,7 @@ def train(
     val_tokens: np.ndarray | BatchSource | None = None,
     resume: bool = False,
     runtime: RuntimeConfig | None = None,
+    data: DataConfig | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`TitansLM` on a token stream, checkpointing and logging into out_dir.
 
@@ -210,7 +212,13 @@ def train(
     checkpoint is refused (``FileExistsError``) rather than overwritten. runtime: how the model
     runs (compilation, the memory's checkpointing, the attention's block size; None:
     ``RuntimeConfig()``); it is saved with the checkpoint but may change on resume, since it
-    leaves the results as they are (up to float rounding).
+    leaves the results as they are (up to float rounding). data: the data config the tokens
+    come from, recorded in the run (``data.json``, see :func:`titans.runs.save_data_config`)
+    once the run is claimed, so that a refused run changes nothing; on resume it must be the
+    recorded one (``ValueError``).
+
+    The training process holds out_dir for its whole duration (:func:`titans.runs.run_lock`):
+    a second one on the same directory gets :class:`titans.runs.RunInUseError` at once.
 
     Every ``log_every`` steps a record goes to ``metrics.jsonl`` (and TensorBoard / W&B when
     enabled; see :mod:`titans.tracking`): ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``,
@@ -240,7 +248,11 @@ def train(
         val_source = as_batch_source("val_tokens", val_tokens, train_config.seq_len)
     env = distributed.setup(train_config.device)
     try:
-        return _train(model_config, train_config, runtime, train_source, val_source, resume, env)
+        # Only the main process writes the run, so only it holds the run directory.
+        with (runs.run_lock(train_config.out_dir) if env.is_main
+              else nullcontext()):
+            return _train(model_config, train_config, runtime, train_source, val_source,
+                          resume, env, data)
     finally:
         distributed.teardown(env)
 
@@ -253,6 +265,7 @@ def _train(
     val_source: BatchSource | None,
     resume: bool,
     env: DistEnv,
+    data: DataConfig | None,
 ) -> dict[str, Any]:
     # ---- setup
     session_start = time.perf_counter()
@@ -271,6 +284,8 @@ def _train(
             f"{out_dir} already holds a checkpoint: pass resume=True (--resume on the command "
             "line) to continue it, or choose another out_dir"
         )
+    if env.is_main and data is not None:
+        runs.save_data_config(out_dir, data, resume)
 
     # ---- model (the seed makes the initial weights identical on every process)
     model = TitansLM(model_config).to(env.device)

@@ -26,7 +26,7 @@ from titans.evals.long_context import evaluate_task
 from titans.evals.tasks import TaskBatches, needs_depth
 from titans.experiments.long_context import task_generators
 from titans.models import TitansConfig, TitansLM, count_parameters
-from titans.runs import load_weights, save_data_config
+from titans.runs import load_weights
 from titans.train import TrainConfig, train
 
 
@@ -88,12 +88,11 @@ def main() -> None:
                             max_steps=a.steps, lr=a.lr, warmup_steps=50, eval_every=10**6,
                             save_every=10**6, log_every=25, progress=False,
                             init_from=a.init)
-    # data.json makes the run usable by `titans eval niah|babi --run` as well.
-    save_data_config(out, data)
     start = time.time()
     batches = (CopyBatches(tokenizer.vocab_size) if a.tasks == ["copy"]
                else TaskBatches(generators["train"], a.tasks, a.weights, a.score_context))
-    summary = train(cfg, train_cfg, batches)
+    # data= records data.json, which makes the run usable by `titans eval niah|babi --run`.
+    summary = train(cfg, train_cfg, batches, data=data)
     result = {"name": a.name, "args": vars(a), "parameters": count_parameters(cfg),
               "train_s": time.time() - start, "tokens_per_s": summary["tokens_per_s"],
               "final_loss": summary["final_train_loss"], "accuracy": {}}

@@ -90,9 +90,8 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         train_cfg = build_dataclass(
             TrainConfig, {**(values.get("train") or {}), "out_dir": str(run)}, "train")
         print(f"\n== {name}: {cfg.variant}, {count_parameters(cfg):,} parameters", flush=True)
-        runs.save_data_config(run, data)
         summary = train(cfg, train_cfg, train_data, val_data,
-                        resume=resume and runs.has_checkpoint(run), runtime=runtime)
+                        resume=resume and runs.has_checkpoint(run), runtime=runtime, data=data)
         if not summary.get("tokens_per_s"):
             # A resumed run that had already finished trained nothing in this session.
             speeds = [r["tokens_per_s"] for r in runs.read_metrics(run / runs.METRICS_FILE)

@@ -33,9 +33,8 @@ def train_run(values: dict[str, Any], out: str | None, resume: bool) -> dict[str
         train_values["out_dir"] = out
     train_cfg = build_dataclass(TrainConfig, train_values, "train")
     runtime = build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
-    runs.save_data_config(train_cfg.out_dir, data)
     summary = train(model_cfg, train_cfg, files["train"].tokens, files["validation"].tokens,
-                    resume=resume, runtime=runtime)
+                    resume=resume, runtime=runtime, data=data)
     print(json.dumps(summary, indent=2))
     return summary
 

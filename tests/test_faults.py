@@ -1,0 +1,120 @@
+"""Refused commands and faults lose nothing of a run. Each test runs ``titans`` as a user would
+(a subprocess) and asserts the exit status, one line on stderr naming the problem, and that no
+file of the run changed (the run directory is hashed before and after)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from titans.cli import main
+
+
+def titans(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``titans *args`` in a new process (one thread: tiny models, a shared machine)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "titans.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    """Every file below ``run`` (relative path) -> the sha256 of its bytes."""
+    return {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2 and a single stderr line that contains ``message``, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.fixture
+def trained(tmp_path, write_config, capsys):
+    """(config, run): a tiny run trained for 3 steps, in this process (faster)."""
+    config = write_config(max_steps=3)
+    run = tmp_path / "run"
+    main(["train", "--config", str(config), "--out", str(run)])
+    capsys.readouterr()
+    return config, run
+
+
+@pytest.fixture
+def other_docs(tmp_path, docs):
+    """Another corpus: the documents of ``docs`` reversed word by word."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for path in docs.iterdir():
+        (folder / path.name).write_text(" ".join(reversed(path.read_text().split())))
+    return folder
+
+
+def test_a_refused_fresh_run_changes_nothing(trained, other_docs):
+    """A second fresh run into a run directory is refused before it writes anything: before,
+    it recorded its own data config first, and later commands read the run with the wrong
+    corpus and tokenizer."""
+    config, run = trained
+    before = snapshot(run)
+    result = titans("train", "--config", str(config), "--out", str(run),
+                    "--set", f"data.source={other_docs}")
+    assert_refused(result, "already holds a checkpoint")
+    assert snapshot(run) == before
+
+
+def test_resuming_on_other_data_is_refused_and_changes_nothing(trained, other_docs):
+    config, run = trained
+    before = snapshot(run)
+    result = titans("train", "--config", str(config), "--out", str(run), "--resume",
+                    "--set", f"data.source={other_docs}", "--set", "train.max_steps=6")
+    assert_refused(result, "would mix two corpora")
+    assert snapshot(run) == before
+
+
+def test_a_run_held_by_another_process_is_refused_and_changes_nothing(trained):
+    config, run = trained
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from titans.runs import run_lock\n"
+         f"with run_lock({str(run)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(run)
+        result = titans("train", "--config", str(config), "--out", str(run), "--resume",
+                        "--set", "train.max_steps=6")
+        assert_refused(result, "is in use: another process is training into it")
+        assert snapshot(run) == before
+    finally:
+        holder.communicate("", timeout=60)  # ends the holder, which releases the run
+    result = titans("train", "--config", str(config), "--out", str(run), "--resume",
+                    "--set", "train.max_steps=4")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_relative_data_source_means_the_same_corpus_from_any_directory(tmp_path, docs,
+                                                                         other_docs):
+    """A run trained on ``source: docs`` (relative) is evaluated on those documents from
+    anywhere, even from a directory where ``docs`` is another corpus."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    docs.rename(home / "docs")
+    other_docs.rename(elsewhere / "docs")
+    config = home / "run.yaml"
+    config.write_text("model: {preset: tiny, variant: lmm, hidden_size: 32}\n"
+                      "data: {source: docs, tokenizer: 'bpe:300'}\n"
+                      "train: {seq_len: 32, batch_size: 2, max_steps: 2, progress: false}\n")
+    assert titans("train", "--config", "run.yaml", "--out", "run", cwd=home).returncode == 0
+    run = home / "run"
+    assert json.loads((run / "data.json").read_text())["source"] == str(home / "docs")
+    results = []
+    for cwd in (home, elsewhere):
+        result = titans("eval", "--run", str(run), "--context-lengths", "32",
+                        "--max-tokens", "64", cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        results.append(json.loads((run / "eval.json").read_text())["results"])
+    assert results[0] == results[1]
