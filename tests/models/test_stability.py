@@ -42,6 +42,7 @@ def largest_weight_norm(memories: list[MemoryState]) -> float:
     return max(torch.linalg.matrix_norm(w).max().item() for m in memories for w in m.weights)
 
 
+@pytest.mark.slow  # 50K tokens per variant: 35 s of the fast tier
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("variant", [*MEMORY_VARIANTS, "swa"])
 def test_long_stream_keeps_memory_bounded(variant: str) -> None:

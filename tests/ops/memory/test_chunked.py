@@ -206,6 +206,7 @@ def test_hand_written_backward_passes_gradcheck(residual_norm, checkpoint_chunks
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.slow  # gradgradcheck: 24 s of the fast tier
 @pytest.mark.parametrize("residual_norm", [False, True])
 def test_double_backward_is_supported(residual_norm):
     """A backward with create_graph=True (e.g. a gradient penalty) is itself differentiable."""
