@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 
 from titans.cli import main
 
@@ -118,3 +119,49 @@ def test_a_relative_data_source_means_the_same_corpus_from_any_directory(tmp_pat
         assert result.returncode == 0, result.stderr
         results.append(json.loads((run / "eval.json").read_text())["results"])
     assert results[0] == results[1]
+
+
+def cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def nan_weight(path: Path) -> None:
+    tensors = safetensors.torch.load_file(path)
+    tensors["norm.weight"][0] = float("nan")
+    safetensors.torch.save_file(tensors, path)
+
+
+@pytest.mark.slow  # a process per damaged file
+@pytest.mark.parametrize(("file", "damage", "command", "message"), [
+    ("model.safetensors", cut, "eval", "model.safetensors is damaged"),
+    ("model.safetensors", nan_weight, "eval", "norm.weight holds NaN or infinite values"),
+    ("trainer.pt", cut, "resume", "trainer.pt is damaged"),
+    ("config.json", lambda p: p.write_text("{"), "eval", "config.json is damaged"),
+    ("metrics.jsonl", lambda p: p.write_bytes(b"\xff\xfe\n" + p.read_bytes()), "resume",
+     "metrics.jsonl is damaged (line 1 is not a metrics record"),
+    ("data.json", lambda p: p.write_text('{"source": "default", "x": 1}'), "eval",
+     "data.json is damaged (unknown keys in 'data': ['x']"),
+])
+def test_a_damaged_run_file_is_named_in_one_line_and_nothing_else_changes(
+        trained, file, damage, command, message):
+    config, run = trained
+    damage(run / file)
+    before = snapshot(run)
+    args = (["eval", "--run", str(run), "--context-lengths", "32", "--max-tokens", "64"]
+            if command == "eval" else
+            ["train", "--config", str(config), "--out", str(run), "--resume",
+             "--set", "train.max_steps=6"])
+    result = titans(*args)
+    assert_refused(result, message)
+    assert str(run / file) in result.stderr
+    assert snapshot(run) == before
+
+
+def test_a_damaged_cached_tokenizer_is_named_in_one_line(trained, tmp_path):
+    _, run = trained
+    (cached,) = (tmp_path / "cache" / "tokenizers").glob("*.json")
+    cut(cached)
+    before = snapshot(run)
+    result = titans("eval", "--run", str(run), "--context-lengths", "32", "--max-tokens", "64")
+    assert_refused(result, f"cached tokenizer damaged: {cached} is not a readable tokenizer")
+    assert snapshot(run) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors
+import safetensors.torch
 import torch
 
 from titans import NeuralMemory, TitansConfig, TitansLM
@@ -273,3 +273,55 @@ def test_a_run_directory_has_one_writer_at_a_time(tmp_path):
         assert list((tmp_path / "run").iterdir()) == []  # the lock writes nothing
     with run_lock(tmp_path / "run"):  # released at the end of the block
         pass
+
+
+def one_line_error(call, start: str) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value).startswith(start) and "\n" not in str(info.value), info.value
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "nan", "inf"])
+def test_damaged_or_non_finite_weights_are_refused_in_one_line(tmp_path, damage):
+    model = tiny_model()
+    save(tmp_path, model)
+    path = tmp_path / WEIGHTS_FILE
+    if damage in ("nan", "inf"):
+        tensors = safetensors.torch.load_file(path)
+        tensors["norm.weight"][5] = float(damage)
+        safetensors.torch.save_file(tensors, path)
+        start = f"{path} is damaged (norm.weight holds NaN or infinite values)"
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if damage == "cut" else b"\x00garbage" * 50)
+        start = f"{path} is damaged ("
+    one_line_error(lambda: load_weights(tiny_model(), tmp_path), start)
+    one_line_error(lambda: load_checkpoint(tmp_path), start)
+
+
+def test_weights_of_another_shape_are_named(tmp_path):
+    save(tmp_path, tiny_model())
+    one_line_error(lambda: load_weights(tiny_model(hidden_size=64), tmp_path),
+                   f"{tmp_path / WEIGHTS_FILE} does not match the model")
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    (CONFIG_FILE, b"{not json"), (CONFIG_FILE, b"[1]"), (CONFIG_FILE, b"\xff\xfe"),
+    (TRAINER_FILE, None), (TRAINER_FILE, b"garbage")])
+def test_a_damaged_config_or_trainer_state_is_named_in_one_line(tmp_path, name, content):
+    save(tmp_path, tiny_model())
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[:40] if content is None else content)
+    read = read_config if name == CONFIG_FILE else read_trainer_state
+    one_line_error(lambda: read(tmp_path), f"{path} is damaged (")
+
+
+@pytest.mark.parametrize("stray", [b'{"loss": 1.0}', b"5", b"\xff\xfe\x00 binary", b"[]"])
+def test_a_stray_metrics_line_is_named_with_its_number(tmp_path, stray):
+    path = tmp_path / METRICS_FILE
+    path.write_bytes(b'{"step": 1}\n' + stray + b'\n{"step": 2}\n')
+    one_line_error(lambda: read_metrics(path), f"{path} is damaged (line 2 is not a metrics "
+                                               "record")
+    with pytest.raises(ValueError, match="line 2"):
+        MetricsLog(tmp_path, keep_until=1)
+    assert path.read_bytes().startswith(b'{"step": 1}\n' + stray)  # left as it was

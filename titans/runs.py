@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Iterator
@@ -57,6 +58,9 @@ DATA_FILE = "data.json"
 FORMER_MODEL_DEFAULTS = {"mac_memory_input": "attention", "mal_memory_skip": False}
 EVAL_FILE = "eval.json"
 TENSORBOARD_DIR = "tensorboard"
+# What to do about a damaged checkpoint file.
+CHECKPOINT_REMEDY = (f"restore the run's checkpoint ({WEIGHTS_FILE}, {CONFIG_FILE}, "
+                     f"{TRAINER_FILE}) from a copy, or train it again")
 # A checkpoint is three files, so it is first written here and then moved into the run
 # directory; see ``commit_checkpoint``.
 STAGING_DIR = ".checkpoint-staging"
@@ -169,12 +173,32 @@ def _weights(model: TitansLM) -> dict[str, Tensor]:
     return {name: t.detach().cpu().contiguous() for name, t in state.items()}
 
 
+def damaged(path: Path, reason: object, remedy: str = CHECKPOINT_REMEDY) -> ValueError:
+    """The one-line error for a run file that cannot be read: which file, why, what to do."""
+    reason = " ".join(str(reason).split())[:200]  # one line, whatever the library said
+    return ValueError(f"{path} is damaged ({reason}): {remedy}")
+
+
 def load_weights(model: TitansLM, out_dir: Path) -> None:
     """Load the checkpoint's weights into ``model`` in place. The model's constructor ties the LM
-    head to the embedding and loading copies into the existing tensors, so the tie survives."""
-    path = out_dir / WEIGHTS_FILE
-    state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    head to the embedding and loading copies into the existing tensors, so the tie survives.
+
+    ``ValueError`` if the file cannot be read, does not fit the model, or holds a non-finite
+    value (a model that would only ever output NaN)."""
+    path = Path(out_dir) / WEIGHTS_FILE
+    try:
+        state = safetensors.torch.load_file(path, device=str(next(model.parameters()).device))
+    except (safetensors.SafetensorError, OSError) as e:
+        raise damaged(path, e) from None
+    bad = next((name for name, t in state.items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise damaged(path, f"{bad} holds NaN or infinite values")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"{path} does not match the model: {' '.join(str(e).split())[:300]}"
+                         ) from None
     expected_missing = ["lm_head.weight"] if model.config.tie_word_embeddings else []
     if sorted(missing) != expected_missing or unexpected:
         raise ValueError(
@@ -199,7 +223,14 @@ def read_config(out_dir: str | Path) -> dict[str, Any]:
             f"no checkpoint in {out_dir}: missing {', '.join(missing)} (a run writes them every "
             "save_every steps and at its end)"
         )
-    config = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    path = out_dir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # not UTF-8 or not JSON
+        raise damaged(path, e) from None
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict)
+            and isinstance(config.get("train"), dict)):
+        raise damaged(path, "no model and train sections")
     if "runtime" not in config:
         model, train, runtime = runtime_of_former_config(config["model"], config["train"])
         config = {"model": model, "train": train, "runtime": dataclasses.asdict(runtime)}
@@ -211,7 +242,11 @@ def read_config(out_dir: str | Path) -> dict[str, Any]:
 
 def read_trainer_state(out_dir: Path) -> dict[str, Any]:
     """The checkpoint's ``trainer.pt``, as :func:`save_checkpoint` was given it (on the CPU)."""
-    return torch.load(out_dir / TRAINER_FILE, map_location="cpu", weights_only=True)
+    path = out_dir / TRAINER_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise damaged(path, e) from None
 
 
 def load_checkpoint(
@@ -277,17 +312,24 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` (empty if it does not exist); a line cut by a crash is
-    skipped."""
+    """The records of a ``metrics.jsonl`` (empty if it does not exist). Its last line may have
+    been cut by a crash and is then skipped; any other line that is not a record (a JSON object
+    with an int ``"step"``) raises ``ValueError`` naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
+    lines = path.read_bytes().splitlines()
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # not UTF-8 or not JSON
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        elif number < len(lines):
+            raise damaged(path, f"line {number} is not a metrics record: {line[:60]!r}",
+                          "delete that line (the run's checkpoint is unaffected)")
     return records
 
 

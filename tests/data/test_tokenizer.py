@@ -3,6 +3,7 @@ tokenizer.json and SentencePiece files, and the Mistral model fetched from PyPI.
 
 import hashlib
 import json
+import re
 import zipfile
 
 import pytest
@@ -174,3 +175,24 @@ def test_mistral_downloaded_from_pypi(tmp_path):
     assert (tok.vocab_size, tok.eos_id) == (32000, 2)
     ids = tok.encode("Call me Ishmael.")
     assert tok.decode(ids) == "Call me Ishmael." and tok.eos_id not in ids
+
+
+@pytest.mark.parametrize("text", ['{"hello": 1}', "not json", ""])
+def test_a_file_that_is_no_tokenizer_is_named_in_one_line(tmp_path, text):
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))} is not a readable tokenizer"):
+        Tokenizer.from_file(path)
+
+
+def test_a_damaged_cached_tokenizer_says_to_delete_it_and_is_then_trained_again(tmp_path):
+    corpus = tiny_corpus()
+    first = load_tokenizer("bpe:300", corpus, cache=tmp_path)
+    (cached,) = (tmp_path / "tokenizers").iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])  # cut, as by a full disk
+    with pytest.raises(ValueError, match=f"^cached tokenizer damaged: {re.escape(str(cached))}"
+                                         ".*delete it, and it is trained again"):
+        load_tokenizer("bpe:300", corpus, cache=tmp_path)
+    cached.unlink()
+    # BPE training is deterministic: the same documents give the same tokenizer back.
+    assert load_tokenizer("bpe:300", corpus, cache=tmp_path).digest == first.digest

@@ -59,7 +59,11 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
         name = safe_filename(name if name is not None else path.stem)
         if path.suffix == ".json":
-            backend = tokenizers.Tokenizer.from_file(str(path))
+            try:
+                backend = tokenizers.Tokenizer.from_file(str(path))
+            except Exception as e:  # the Rust library raises a bare Exception
+                reason = " ".join(str(e).split())[:200]
+                raise ValueError(f"{path} is not a readable tokenizer.json ({reason})") from None
             # Text that happens to contain a special token's string stays text, so the EOS id
             # only ever appears where pack_documents puts it.
             backend.encode_special_tokens = True
@@ -157,7 +161,11 @@ def load_tokenizer(spec: str, corpus: Corpus | None = None, cache: Path | None =
         path = (root / "tokenizers" /
                 f"bpe{vocab_size}-{safe_filename(corpus.name)}-{fingerprint}.json")
         if path.exists():
-            return Tokenizer.from_file(path, name=f"bpe{vocab_size}")
+            try:
+                return Tokenizer.from_file(path, name=f"bpe{vocab_size}")
+            except ValueError as e:
+                raise ValueError(f"cached tokenizer damaged: {e}; delete it, and it is trained "
+                                 "again from the same documents") from None
         return train_bpe((d.text for d in corpus.train), vocab_size, path)
     if spec == "mistral":
         return Tokenizer._from_sentencepiece(_mistral_model(root / "tokenizers"), "mistral")
