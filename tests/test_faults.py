@@ -7,18 +7,25 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 
 from titans.cli import main
+from titans.runs import read_metrics, saved_step
+
+WORKER = Path(__file__).with_name("fault_worker.py")
 
 
-def titans(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``titans *args`` in a new process (one thread: tiny models, a shared machine)."""
+def titans(*args: str, cwd: Path | None = None, fault: tuple[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """``titans *args`` in a new process (one thread: tiny models, a shared machine); with
+    ``fault=(what, where)``, that fault is injected (``tests/fault_worker.py``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "titans.cli", *args], cwd=cwd, env=env,
+    command = [str(WORKER), *fault, "--"] if fault else ["-m", "titans.cli"]
+    return subprocess.run([sys.executable, *command, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -165,3 +172,76 @@ def test_a_damaged_cached_tokenizer_is_named_in_one_line(trained, tmp_path):
     result = titans("eval", "--run", str(run), "--context-lengths", "32", "--max-tokens", "64")
     assert_refused(result, f"cached tokenizer damaged: {cached} is not a readable tokenizer")
     assert snapshot(run) == before
+
+
+def training_steps(run: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+
+
+@pytest.mark.slow  # four training processes per fault
+@pytest.mark.parametrize("fault", ["sigint", "sigkill", "enospc"])
+def test_a_fault_during_a_save_keeps_the_checkpoint_before_it(tmp_path, write_config, fault):
+    """Ctrl-C, a kill or a full disk while the step-6 checkpoint is being written leave the
+    step-3 one whole: the run resumes from it to the weights of a run never interrupted."""
+    config = write_config(max_steps=9, save_every=3, eval_every=100)
+    args = ["train", "--config", str(config), "--out"]
+    result = titans(*args, str(tmp_path / "run"), fault=(fault, "save"))
+    run = tmp_path / "run"
+    if fault == "sigkill":
+        assert result.returncode == -9
+    elif fault == "sigint":
+        assert result.returncode == 130
+        assert result.stderr.strip() == (f"titans train: interrupted: --resume continues from "
+                                          f"the checkpoint of step 3 in {run}")
+    else:
+        assert_refused(result, "No space left on device (the checkpoint of step 3 is kept)")
+        assert "saving the checkpoint of step 6" in result.stderr
+    assert saved_step(run) == 3
+    assert not (run / ".checkpoint-staging").exists() or fault == "sigkill"
+    resumed = titans(*args, str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert titans(*args, str(tmp_path / "whole")).returncode == 0
+    assert snapshot(run)["model.safetensors"] == snapshot(tmp_path / "whole")["model.safetensors"]
+    assert training_steps(run) == training_steps(tmp_path / "whole") == list(range(1, 10))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["sigint", "sigkill"])
+def test_a_fault_while_packing_tokens_leaves_no_debris(tmp_path, write_config, fault):
+    """Killed while writing the token cache, a run leaves a temporary file that the next run
+    removes (its writer is gone); interrupted, it removes its own and says nothing was saved."""
+    config = write_config(max_steps=2)
+    args = ["train", "--config", str(config), "--out", str(tmp_path / "run")]
+    result = titans(*args, fault=(fault, "pack"))
+    temporaries = lambda: list((tmp_path / "cache").rglob("*.tmp"))  # noqa: E731
+    if fault == "sigkill":
+        assert result.returncode == -9 and len(temporaries()) == 1
+    else:
+        assert result.returncode == 130 and temporaries() == []
+        assert result.stderr.strip() == (f"titans train: interrupted: no checkpoint in "
+                                          f"{tmp_path / 'run'} yet: nothing to resume")
+    assert titans(*args).returncode == 0
+    assert temporaries() == []
+
+
+@pytest.mark.slow
+def test_two_runs_on_one_directory_the_second_is_refused(tmp_path, write_config):
+    """The second process exits at once and writes nothing; the first trains on, every one of
+    its metrics records kept (before the lock, 9 of 204 were lost and the checkpoint was the
+    second run's)."""
+    config = write_config(max_steps=400, save_every=100, eval_every=1000)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "titans.cli", *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not training_steps(run):  # training (and holding the run) has begun
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.2)
+        second = titans(*args, "--resume")
+        assert_refused(second, "is in use: another process is training into it")
+    finally:
+        assert first.wait(timeout=600) == 0, first.stderr.read()
+    assert training_steps(run) == list(range(1, 401))
+    assert saved_step(run) == 400

@@ -10,8 +10,9 @@
     titans compare --config configs/main.yaml
 
 This module parses the command line and dispatches; what each command runs is in
-:mod:`titans.experiments`. Errors in configs, data or arguments print one line and exit with
-status 2 (no traceback).
+:mod:`titans.experiments`. Errors in configs, data, files or arguments print one line and exit
+with status 2 (no traceback); Ctrl-C prints one line (for a training run: the checkpoint a
+``--resume`` continues from) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ from titans.experiments.long_context import TASK_EVAL, evaluate_runs
 from titans.models import PRESETS, VARIANTS, TitansConfig
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with what it left behind (e.g. the checkpoint a resume continues from)."""
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    single_run.train_run(load_values(args.config, args.set, RUN_SECTIONS), args.out, args.resume)
+    values = load_values(args.config, args.set, RUN_SECTIONS)
+    try:
+        single_run.train_run(values, args.out, args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(single_run.resume_hint(values, args.out)) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -63,7 +72,12 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    compare(load_values(args.config, args.set, COMPARE_SECTIONS), Path(args.out), args.resume)
+    values = load_values(args.config, args.set, COMPARE_SECTIONS)
+    try:
+        compare(values, Path(args.out), args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(f"--resume continues the runs in {args.out} from their checkpoints"
+                          ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,10 +162,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, DataUnavailableError, FileNotFoundError, FileExistsError,
-            FloatingPointError) as e:  # FloatingPointError: training diverged (message says how)
+    except (ValueError, DataUnavailableError, OSError, FloatingPointError) as e:
+        # OSError: files (missing, in use, a full disk, no permission); FloatingPointError:
+        # training diverged (the message says how).
         print(f"titans {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as e:
+        detail = f": {e}" if isinstance(e, Interrupted) else ""
+        print(f"titans {args.command}: interrupted{detail}", file=sys.stderr)
+        sys.exit(130)  # the shell's status for a SIGINT
 
 
 if __name__ == "__main__":

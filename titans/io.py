@@ -8,10 +8,12 @@ would mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +21,8 @@ from typing import IO, Any
 from titans.checks import check_choice
 
 CACHE_ENV = "TITANS_CACHE"
+# This machine's name as it goes into temporary file names (no dots: they separate the fields).
+_HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname()) or "host"
 
 
 @contextlib.contextmanager
@@ -33,7 +37,10 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     check_choice("atomic_write mode", mode, ("wb", "w"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    remove_stale_temporaries(path)
+    # The name says which process writes it, so that a later writer can tell an orphan (its
+    # writer killed) from a file another live process is writing.
+    tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
     # Mode 0o666 filtered by the umask, as open() gives (mkstemp would give 0o600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -46,6 +53,33 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left next to ``path`` when its
+    writing process was killed (SIGKILL, power loss): those of this host whose process is gone.
+    A temporary of a live process, or of another host (a shared file system), is kept. Returns
+    the deleted paths."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        host, _, rest = tmp.name[len(path.name) + 2:].partition(".")
+        pid = rest.partition(".")[0]
+        if host == _HOST and pid.isdigit() and not _process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but is not ours (EPERM), or the platform cannot tell
+        return True
+    return True
 
 
 def atomic_save_json(obj: Any, path: str | Path) -> None:

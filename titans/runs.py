@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -135,16 +136,35 @@ def save_checkpoint(
     checkpoint or, once the staging is complete, one that the next run finishes moving in.
     """
     staging = out_dir / STAGING_DIR
-    shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed in this session
-    staging.mkdir(parents=True)
-    with atomic_write(staging / WEIGHTS_FILE) as f:
-        f.write(safetensors.torch.save(_weights(model),
-                                       metadata={"step": str(trainer_state["step"])}))
-    atomic_save_json({"model": model.config.to_dict(), "train": train_config,
-                      "runtime": dataclasses.asdict(runtime)}, staging / CONFIG_FILE)
-    with atomic_write(staging / TRAINER_FILE) as f:
-        torch.save(trainer_state, f)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed earlier
+        staging.mkdir(parents=True)
+        with atomic_write(staging / WEIGHTS_FILE) as f:
+            f.write(safetensors.torch.save(_weights(model),
+                                           metadata={"step": str(trainer_state["step"])}))
+        atomic_save_json({"model": model.config.to_dict(), "train": train_config,
+                          "runtime": dataclasses.asdict(runtime)}, staging / CONFIG_FILE)
+        # Serialised in memory first: torch.save writing into a full disk reports a bare
+        # "unexpected pos" RuntimeError, a plain write the OSError that names the cause.
+        buffer = io.BytesIO()
+        torch.save(trainer_state, buffer)
+        with atomic_write(staging / TRAINER_FILE) as f:
+            f.write(buffer.getbuffer())
+    except BaseException as e:  # a full disk, Ctrl-C: the earlier checkpoint stays as it was
+        shutil.rmtree(staging, ignore_errors=True)  # frees what the failed save took
+        if not isinstance(e, OSError):
+            raise
+        kept = (f"the checkpoint of step {saved_step(out_dir)} is kept"
+                if has_checkpoint(out_dir) else "no earlier checkpoint")
+        raise OSError(e.errno, f"saving the checkpoint of step {trainer_state['step']} into "
+                               f"{out_dir} failed: {e.strerror or e} ({kept})") from None
     commit_checkpoint(out_dir)
+
+
+def saved_step(out_dir: str | Path) -> int:
+    """The step of the checkpoint in ``out_dir``, read from its weights' metadata (cheap)."""
+    with safetensors.safe_open(Path(out_dir) / WEIGHTS_FILE, "pt") as f:
+        return int(f.metadata()["step"])
 
 
 def commit_checkpoint(out_dir: Path) -> None:

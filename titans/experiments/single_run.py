@@ -39,6 +39,16 @@ def train_run(values: dict[str, Any], out: str | None, resume: bool) -> dict[str
     return summary
 
 
+def resume_hint(values: dict[str, Any], out: str | None) -> str:
+    """What an interrupted ``titans train`` of these config sections leaves to resume: the step
+    of the checkpoint in its run directory, or that there is none yet."""
+    out_dir = Path(out or (values.get("train") or {}).get("out_dir") or TrainConfig.out_dir)
+    if not runs.has_checkpoint(out_dir):
+        return f"no checkpoint in {out_dir} yet: nothing to resume"
+    return (f"--resume continues from the checkpoint of step {runs.saved_step(out_dir)} in "
+            f"{out_dir}")
+
+
 def load_run(run: str | Path) -> tuple[TitansLM, dict[str, Any], Tokenizer, dict[str, TokenFile]]:
     """A trained run: model, its saved configs, tokenizer and token files."""
     model, saved = runs.load_checkpoint(run)
@@ -62,8 +72,8 @@ def evaluate_run(
     lengths = context_lengths(eval_cfg, saved["train"]["seq_len"], lengths)
     rows = evaluate_perplexity(model, files[split].tokens, lengths, decode=tokenizer.decode,
                                max_tokens=eval_cfg.max_tokens, piece_len=eval_cfg.piece_len)
+    runs.save_eval_results(run, split, rows)  # first: a failed write must not look like success
     print_perplexity(rows)
-    runs.save_eval_results(run, split, rows)
     return rows
 
 
