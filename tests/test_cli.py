@@ -203,6 +203,35 @@ def test_a_bad_toml_config_exits_with_one_line(tmp_path, capsys):
     assert f"config file {config} is not valid TOML" in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_unwritable_run_fails_in_one_line_before_printing_results(tmp_path, write_config,
+                                                                     capsys, monkeypatch):
+    """Results are written before they are printed: a table on the screen means a saved file."""
+    run = tmp_path / "r"
+    main(["train", "--config", str(write_config(max_steps=1)), "--out", str(run)])
+    capsys.readouterr()
+
+    def read_only(obj, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("titans.runs.atomic_save_json", read_only)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--run", str(run), "--context-lengths", "16", "--max-tokens", "32"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (f"titans eval: error: [Errno 13] Permission denied: "
+                                         f"'{run / 'eval.json'}'")
+    assert not (run / "eval.json").exists()
+
+
+def test_an_out_dir_under_a_file_fails_in_one_line(tmp_path, write_config, capsys):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", str(write_config()), "--out", str(tmp_path / "file" / "r")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "file") in err
+
+
 def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, write_config, capsys):
     config = write_config(max_steps=1)
     main(["train", "--config", str(config), "--out", str(tmp_path / "r")])

@@ -3,10 +3,19 @@ JSON round trips, and the cache directory follows $TITANS_CACHE."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from titans.io import atomic_save_json, atomic_write, cache_dir, safe_filename
+import titans.io
+from titans.io import (
+    atomic_save_json,
+    atomic_write,
+    cache_dir,
+    remove_stale_temporaries,
+    safe_filename,
+)
 
 
 def test_atomic_write_replaces_file_and_leaves_no_temp(tmp_path):
@@ -90,3 +99,24 @@ def test_safe_filename():
     assert safe_filename("bpe8192") == "bpe8192"
     assert safe_filename("my corpus/v1:x") == "my_corpus_v1_x"
     assert safe_filename("a-b_c.d") == "a-b_c.d"
+
+
+def test_temporaries_of_dead_writers_on_this_host_are_removed_and_no_others(tmp_path):
+    """A writer killed mid-write leaves ``.<name>.<host>.<pid>.<hex>.tmp``; the next write of
+    that file removes it. A live process's temporary, or another host's (a shared file system),
+    may still be written to, so it stays."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # the process has exited
+    host = titans.io._HOST
+    path = tmp_path / "tokens.bin"
+    orphan = tmp_path / f".tokens.bin.{host}.{dead_pid}.ab12.tmp"
+    kept = [tmp_path / f".tokens.bin.{host}.{os.getpid()}.cd34.tmp",
+            tmp_path / f".tokens.bin.other-host.{dead_pid}.ef56.tmp",
+            tmp_path / f".other.bin.{host}.{dead_pid}.ab12.tmp"]
+    for p in (orphan, *kept):
+        p.write_bytes(b"partial")
+    assert remove_stale_temporaries(path) == [orphan]
+    with atomic_write(path) as f:
+        f.write(b"done")
+    assert sorted(tmp_path.iterdir()) == sorted([path, *kept])
