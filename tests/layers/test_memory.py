@@ -288,6 +288,19 @@ def test_bad_config_raises(kw, message):
         NeuralMemory(HIDDEN, HEADS, HEAD_DIM, **kw)
 
 
+def test_input_of_another_dtype_is_refused_unless_autocast_casts_it():
+    memory = NeuralMemory(HIDDEN, HEADS, HEAD_DIM, chunk_size=4)  # float32 weights
+    for x in (torch.zeros(1, 5, HIDDEN, dtype=torch.long), torch.zeros(1, 5, HIDDEN).double(),
+              torch.zeros(1, 5, HIDDEN).bfloat16()):
+        with pytest.raises(ValueError, match=r"^x must be a floating tensor of dtype "
+                                             r"torch.float32 \(the memory's weights"):
+            memory(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for x in (torch.randn(1, 5, HIDDEN), torch.randn(1, 5, HIDDEN).bfloat16()):
+            y, _ = memory(x)
+            assert torch.isfinite(y.float()).all()
+
+
 @pytest.mark.parametrize("width", [2, 4])
 def test_induction_conv_init_makes_keys_of_the_next_token_match_queries(width):
     """With conv_init="induction" (and key and query projections made equal, as training can

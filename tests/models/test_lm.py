@@ -1,6 +1,7 @@
 """TitansLM for every variant: the three equivalences, causality, learning at inference,
 overfitting, bounded state, generation and errors."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -252,8 +253,24 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="batch size"):
         model(torch.zeros(1, 3, dtype=torch.long), state)
     other = model_for(config("mac", num_hidden_layers=3))
-    with pytest.raises(ValueError, match="layers"):
+    with pytest.raises(ValueError, match="num_hidden_layers': \\(2, 3\\)"):
         other(torch.zeros(2, 3, dtype=torch.long), state)
+    negative = dataclasses.replace(state, position=-4)
+    with pytest.raises(ValueError, match=r"^state.position must be an int >= 0, got -4"):
+        model(torch.zeros(2, 3, dtype=torch.long), negative)
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^input_ids has no tokens"):
+        model(ids[:, :0])
+    with pytest.raises(ValueError, match=r"^labels must be -100 \(not scored\) or lie in \[0, 61"):
+        model(ids, labels=torch.tensor([[0, 61, -100], [0, 1, 2]]))
+    with pytest.raises(ValueError, match=r"^labels must be -100 \(not scored\) or lie in"):
+        model(ids, labels=torch.tensor([[0, -5, 1], [0, 1, 2]]))
+    with pytest.raises(ValueError, match=r"^labels must be an integer tensor"):
+        model(ids, labels=ids.double())
+    with pytest.raises(ValueError, match=r"^labels need at least 2 tokens"):
+        model(ids[:, :1], labels=ids[:, :1])
+    with pytest.raises(ValueError, match=r"^logits_to_keep must be an int >= 0, got -1"):
+        model(ids, logits_to_keep=-1)
     prompt = torch.zeros(1, 3, dtype=torch.long)
     for bad in (-1, float("nan"), float("inf")):  # inf would sample uniformly: noise, not text
         with pytest.raises(ValueError, match=r"^temperature must be a finite number >= 0"):
@@ -262,6 +279,24 @@ def test_bad_inputs_raise_clear_errors():
         model.generate(prompt, 2.5)
     with pytest.raises(ValueError, match=r"^top_k must be None or an int >= 1, got 2.5"):
         model.generate(prompt, 2, top_k=2.5)
+
+
+
+@pytest.mark.parametrize(("maker", "user", "field"), [
+    (config("mac"), config("mag"), "variant"), (config("mac"), config("lmm"), "variant"),
+    (config("lmm"), config("mac"), "variant"), (config("mac"), config("swa"), "variant"),
+    (config("mac"), config("mac", hidden_size=64), "hidden_size"),
+])
+def test_a_state_fits_only_a_model_of_its_config(maker, user, field):
+    """Before, a MAC state in a MAG model returned logits, and other pairs failed deep inside
+    with AttributeError or a shape error."""
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    state = model_for(maker)(ids).state
+    with pytest.raises(ValueError, match=f"^state was made by a model of another config.*"
+                                         f"'{field}'"):
+        model_for(user)(ids, state)
+    # A state of an equal config made by another instance continues that instance's stream.
+    assert model_for(maker, seed=1)(ids, state).state.position == 10
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

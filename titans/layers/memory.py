@@ -351,6 +351,15 @@ class NeuralMemory(nn.Module):
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        # x of another dtype (an int tensor, float64 into fp32 weights) would fail deep inside a
+        # matmul; under autocast, x may also be of the autocast dtype.
+        allowed = {self.qkv_proj.weight.dtype}
+        if torch.is_autocast_enabled(x.device.type):
+            allowed.add(torch.get_autocast_dtype(x.device.type))
+        if x.dtype not in allowed:
+            dtypes = " or ".join(map(str, allowed))
+            raise ValueError(f"x must be a floating tensor of dtype {dtypes} (the memory's "
+                             f"weights, or autocast's), got {x.dtype}")
         b = x.shape[0]
         if state is None:
             state = self.init_state(b)

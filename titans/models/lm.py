@@ -40,15 +40,19 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
 
 @dataclass
 class TitansState:
-    """Everything needed to continue a stream: one state per layer and the tokens consumed."""
+    """Everything needed to continue a stream: one state per layer, the tokens consumed, and
+    the config of the model that made it (a state fits only a model of that config: checked by
+    :meth:`TitansLM.forward` by comparing configs, which costs no device sync)."""
 
     layers: list[LayerState]
     position: int
     batch_size: int
+    config: TitansConfig
 
     def detach(self) -> TitansState:
         """Cut the autograd graph (truncated back-propagation through time)."""
-        return TitansState([s.detach() for s in self.layers], self.position, self.batch_size)
+        return TitansState([s.detach() for s in self.layers], self.position, self.batch_size,
+                           self.config)
 
     def num_bytes(self) -> int:
         """Memory held by the state's tensors (constant in ``position`` except for the
@@ -100,7 +104,8 @@ class TitansLM(nn.Module):
     def init_state(self, batch_size: int) -> TitansState:
         """The state before the first token (MAG and MAL memories have read the persistent
         tokens)."""
-        return TitansState([layer.init_state(batch_size) for layer in self.layers], 0, batch_size)
+        return TitansState([layer.init_state(batch_size) for layer in self.layers], 0, batch_size,
+                           self.config)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of (unique) parameters; ``exclude_embeddings`` drops the token embedding and an
@@ -132,9 +137,12 @@ class TitansLM(nn.Module):
                 f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
                 f"{tuple(input_ids.shape)}"
             )
-        # The range check reads values back from the device, which torch.compile cannot trace
-        # (a graph break per call): compiled training skips it.
-        if input_ids.numel() and not torch.compiler.is_compiling() and (
+        if input_ids.shape[1] == 0:
+            raise ValueError("input_ids has no tokens (T = 0)")
+        # The range checks read values back from the device, which torch.compile cannot trace
+        # (a graph break per call): compiled training skips them.
+        checking = not torch.compiler.is_compiling()
+        if checking and input_ids.numel() and (
             int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size
         ):
             raise ValueError(
@@ -148,12 +156,23 @@ class TitansLM(nn.Module):
         if not return_logits and labels is None:
             raise ValueError("return_logits=False only makes sense with labels (for the loss)")
         b, t_len = input_ids.shape
+        if labels is not None and labels.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+        if labels is not None and t_len < 2:
+            raise ValueError(f"labels need at least 2 tokens (position t predicts t + 1), got "
+                             f"{t_len}: the loss would be the mean of nothing (NaN)")
+        if labels is not None and checking:
+            scored = labels[labels != IGNORE_INDEX]
+            if scored.numel() and (int(scored.min()) < 0
+                                   or int(scored.max()) >= self.config.vocab_size):
+                raise ValueError(f"labels must be {IGNORE_INDEX} (not scored) or lie in [0, "
+                                 f"{self.config.vocab_size}), got [{int(scored.min())}, "
+                                 f"{int(scored.max())}]")
+        check_int("logits_to_keep", logits_to_keep, 0)
         if state is None:
             state = self.init_state(b)
-        elif len(state.layers) != len(self.layers):
-            raise ValueError(f"state has {len(state.layers)} layers, model {len(self.layers)}")
-        elif state.batch_size != b:
-            raise ValueError(f"state is for batch size {state.batch_size}, input_ids has {b}")
+        else:
+            self.check_state(state, b)
 
         x = self.embed_tokens(input_ids)
         layer_states = []
@@ -175,7 +194,23 @@ class TitansLM(nn.Module):
                 scored = targets != IGNORE_INDEX
                 scores, targets = self.lm_head(x.flatten(0, 1)[scored]), targets[scored]
             loss = F.cross_entropy(scores.float(), targets, ignore_index=IGNORE_INDEX)
-        return TitansOutput(logits, loss, TitansState(layer_states, state.position + t_len, b))
+        return TitansOutput(logits, loss,
+                            TitansState(layer_states, state.position + t_len, b, self.config))
+
+    def check_state(self, state: TitansState, batch_size: int) -> None:
+        """``ValueError`` unless ``state`` can continue a stream of ``batch_size`` rows in this
+        model: made by a model of the same config, for that batch size, at a position >= 0."""
+        if not isinstance(state, TitansState):
+            raise ValueError(f"state must be a TitansState, got {type(state).__name__}")
+        if state.config != self.config:
+            theirs, ours = state.config.to_dict(), self.config.to_dict()
+            diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+            raise ValueError(f"state was made by a model of another config (field: (state's, "
+                             f"this model's)): {diff}")
+        if state.batch_size != batch_size:
+            raise ValueError(f"state is for batch size {state.batch_size}, input_ids has "
+                             f"{batch_size}")
+        check_int("state.position", state.position, 0)
 
     @torch.no_grad()
     def generate(
