@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from titans.ops import MemoryState, memory_chunked, memory_naive
+from titans.ops import MemoryState, memory_chunked, memory_naive, memory_recurrent
 from titans.ops.memory.chunked import segment_products
 
 B, H, D = 2, 3, 8
@@ -342,6 +344,50 @@ def test_bad_inputs_raise_clear_errors(mutate, message):
     for fn in (memory_naive, memory_chunked):
         with pytest.raises(ValueError, match=message):
             fn(**args)
+
+
+def _with(name, index, value):
+    """An input mutation: ``args[name][index] = value`` on a copy."""
+    def mutate(args):
+        t = args[name].clone()
+        t[index] = value
+        args[name] = t
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (_with("lr", (0, 2, 1), -0.1), "^lr must be >= 0, got a minimum of -0.1"),
+        (_with("lr", (0, 2, 1), math.inf), "^lr must be finite"),
+        (_with("decay", (1, 0, 0), 1.5), r"^decay must lie in \[0, 1\], got values in .*1.5"),
+        (_with("momentum", (0, 4, 1), 1.01), r"^momentum must lie in \[0, 1\]"),
+        (_with("momentum", (0, 4, 1), math.nan), r"^momentum must lie in \[0, 1\].*nan"),
+        (_with("k", (0, 3, 0, 2), math.nan), "^k must be finite"),
+        (_with("v", (1, 12, 1, 0), -math.inf), "^v must be finite"),
+        (_with("q", (0, 0, 0, 0), math.nan), "^q must be finite"),
+    ],
+)
+def test_values_outside_the_documented_ranges_are_refused_on_the_cpu(mutate, message):
+    """Every op checks its gates and inputs where that needs no device sync. A NaN at token 12
+    used to reach tokens 8-11 of its chunk in one pass (0 * NaN in the masked matmuls) but not
+    when the sequence was split before it; now it is an error in both."""
+    (q, k, v, lr, mom, decay), weights, moms = make_inputs(13, 2)
+    args = dict(q=q, k=k, v=v, lr=lr, momentum=mom, decay=decay,
+                state=MemoryState(weights, moms), activation="gelu")
+    mutate(args)
+    for fn in (memory_naive, memory_chunked):
+        with pytest.raises(ValueError, match=message):
+            fn(**args, chunk_size=4)
+    state = args.pop("state")
+    with pytest.raises(ValueError, match=message):  # token by token, as in decoding
+        memory_recurrent(**args, boundary=state, current=state)
+    # The boundaries are in range: lr 0 (no step), momentum and decay 0 and 1.
+    for name, value in (("lr", 0.0), ("momentum", 0.0), ("momentum", 1.0), ("decay", 0.0),
+                        ("decay", 1.0)):
+        fine = dict(args, q=q, k=k, v=v, lr=lr, momentum=mom, decay=decay, state=state)
+        _with(name, (0, 1, 0), value)(fine)
+        memory_chunked(**fine, chunk_size=4)
 
 
 def test_state_rejects_mismatched_shapes():

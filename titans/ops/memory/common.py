@@ -138,6 +138,31 @@ def check_inputs(
     check_settings(activation, max_grad_norm, chunk_size, checkpoint_chunks, chunked=chunked)
     b, _, h, d_k = q.shape
     check_memory(state, b, h, d_k, v.shape[-1], residual_norm, norm_weight, norm_bias)
+    # Values are checked only where reading them back costs no device sync (and outside a
+    # compiled graph): on an accelerator the check would stall every call.
+    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_values(q, k, v, lr, momentum, decay)
+
+
+def check_values(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, momentum: Tensor,
+                 decay: Tensor) -> None:
+    """Raise ``ValueError`` unless q, k, v are finite, ``lr`` is finite and >= 0 and
+    ``momentum`` and ``decay`` lie in [0, 1] (NaN fails every rule).
+
+    Why: outside these ranges the recurrence is no longer the paper's (decay > 1 flips the
+    weights' sign, momentum > 1 makes the surprise grow without bound), and a non-finite value
+    at token t of a chunk would reach the outputs of the chunk's earlier tokens in one pass (0 *
+    NaN in the masked matmuls) but not when the sequence is split before t.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite, got NaN or infinite values")
+    if bool((lr < 0).any()):
+        raise ValueError(f"lr must be >= 0, got a minimum of {lr.min().item():.4g}")
+    for name, g in (("momentum", momentum), ("decay", decay)):
+        if not bool(((g >= 0) & (g <= 1)).all()):
+            raise ValueError(f"{name} must lie in [0, 1], got values in "
+                             f"[{g.min().item():.4g}, {g.max().item():.4g}]")
 
 
 def check_settings(

@@ -47,7 +47,7 @@ def memory_naive(
 
     Args:
         q, k: [B, T, H, D]; v: [B, T, H, D_v].
-        lr (theta), momentum (eta), decay (alpha): [B, T, H].
+        lr (theta >= 0), momentum (eta in [0, 1]), decay (alpha in [0, 1]): [B, T, H].
         state: weights and momentum before the first token, each [B, H, d_{i-1}, d_i].
         residual_norm: use ``M(x) = x + LayerNorm(mlp(x))`` (no fast weights in the norm).
         norm_weight, norm_bias: [H, D_v], the LayerNorm's per-head affine part (outer
@@ -56,6 +56,12 @@ def memory_naive(
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token.
+
+    Every memory op checks the shapes; on the CPU it also checks the values (finite q, k, v,
+    gates in their ranges: :func:`titans.ops.memory.common.check_values`), which elsewhere
+    would cost a device sync per call. Unchecked, a value out of range gives the result of the
+    same equations, and a non-finite one at token t of a chunk makes the outputs of the whole
+    chunk non-finite in the chunked op (only from t on in this one).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
                  norm_weight, norm_bias, max_grad_norm)

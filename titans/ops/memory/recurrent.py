@@ -58,7 +58,7 @@ def memory_recurrent(
 
     Args:
         q, k: [B, n, H, D]; v: [B, n, H, D_v].
-        lr (theta), momentum (eta), decay (alpha): [B, n, H].
+        lr (theta >= 0), momentum (eta in [0, 1]), decay (alpha in [0, 1]): [B, n, H].
         boundary: the weights W0 at the start of the open chunk (its momentum is not used),
             each [B, H, d_{i-1}, d_i].
         current: weights W_{t-1} and momentum S_{t-1} after the last token already read in the
