@@ -139,8 +139,11 @@ def test_a_recall_section_compares_recall_beyond_the_training_length(tmp_path, d
     ("recall: {task: {tasks: [niah1]}, eval: {}}", "unknown config sections ['eval']"),
     ("recall: {task: {tasks: [niah1, qa1]}}", "recall.task.tasks must be needle tasks"),
     ("recall: {task: {tasks: [niah9]}}", "task.tasks must be a non-empty list"),
+    ("sample: {max_new_tokens: 2.5}", "sample.max_new_tokens must be an int >= 0, got 2.5"),
+    ("sample: {promt: x}", "unknown keys in 'sample': ['promt']"),
 ])
-def test_a_bad_recall_section_exits_before_training(tmp_path, docs, capsys, section, message):
+def test_a_bad_recall_or_sample_section_exits_before_training(tmp_path, docs, capsys, section,
+                                                              message):
     lines = ["models:", "  lmm: {preset: tiny, variant: lmm}", "data:", f"  source: {docs}",
              "  tokenizer: bpe:300", section]
     config = tmp_path / "main.yaml"

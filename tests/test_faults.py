@@ -245,3 +245,26 @@ def test_two_runs_on_one_directory_the_second_is_refused(tmp_path, write_config)
         assert first.wait(timeout=600) == 0, first.stderr.read()
     assert training_steps(run) == list(range(1, 401))
     assert saved_step(run) == 400
+
+
+@pytest.mark.slow  # a process per command; tests/test_cli.py checks every message in-process
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--resume", "--set", "model.memory_max_lr=.inf"],
+     "memory_max_lr must be a finite number > 0, got inf"),
+    (["train", "--resume", "--set", "train.lr=.nan"], "TrainConfig.lr must be a finite number"),
+    (["train", "--resume", "--set", "train.seq_len=1"], "TrainConfig.seq_len must be an int >= 2"),
+    (["train", "--resume", "--set", "x=[1,"], "is not valid YAML"),
+    (["train", "--resume", "--set", "model=5"], "config section 'model' must be a mapping"),
+    (["eval", "niah", "--items", "0"], "items per cell must be an int >= 1, got 0"),
+    (["generate", "--prompt", "the", "--temperature", "nan"],
+     "temperature must be a finite number >= 0, got nan"),
+])
+def test_bad_values_exit_in_one_line_and_change_nothing(trained, args, message):
+    config, run = trained
+    before = snapshot(run)
+    where = (["--config", str(config), "--out", str(run)] if args[0] == "train"
+             else ["--run", str(run)])
+    result = titans(*args[:2 if args[1] == "niah" else 1], *where,
+                    *args[2 if args[1] == "niah" else 1:])
+    assert_refused(result, message)
+    assert snapshot(run) == before

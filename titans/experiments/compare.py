@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from titans import runs
-from titans.checks import check_ints
+from titans.checks import check_int, check_ints
 from titans.config_files import (
     RECALL_SECTIONS,
     DataConfig,
@@ -69,6 +69,14 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
     if recall is not None:
         _check_recall(recall)  # before hours of training, not after
     sample = {**DEFAULT_SAMPLE, **(values.get("sample") or {})}
+    # Checked before any training: a bad value found only at sampling time would waste it.
+    unknown = sorted(set(sample) - set(DEFAULT_SAMPLE))
+    if unknown:
+        raise ValueError(f"unknown keys in 'sample': {unknown}; valid keys: "
+                         f"{sorted(DEFAULT_SAMPLE)}")
+    if not isinstance(sample["prompt"], str):
+        raise ValueError(f"sample.prompt must be a string, got {sample['prompt']!r}")
+    check_int("sample.max_new_tokens", sample["max_new_tokens"], 0)
     if task_cfg is None:
         tokenizer, files = prepare(data)
         train_data, val_data = files["train"].tokens, files["validation"].tokens
