@@ -372,9 +372,11 @@ class NeuralMemory(nn.Module):
         pending = PendingTokens(*(torch.cat([p.to(t.dtype), t], 1)
                                   for p, t in zip(state.pending, (k, v, lr, eta, alpha),
                                                   strict=True)))
+        # The gates come out of bounded activations, so they are in range; a non-finite value
+        # means the model diverged, which the training loop reports with its diagnosis.
         kw = dict(activation=self.activation, residual_norm=self.residual_norm,
                   norm_weight=self.memory_norm_weight, norm_bias=self.memory_norm_bias,
-                  max_grad_norm=self.max_grad_norm)
+                  max_grad_norm=self.max_grad_norm, check_values=False)
 
         if n_pend + x.shape[1] < self.chunk_size:
             # Still inside the open chunk: the pending tokens' updates are in the running state,

@@ -382,6 +382,9 @@ def test_values_outside_the_documented_ranges_are_refused_on_the_cpu(mutate, mes
     state = args.pop("state")
     with pytest.raises(ValueError, match=message):  # token by token, as in decoding
         memory_recurrent(**args, boundary=state, current=state)
+    # Unchecked (as a layer calls it, whose training loop reports divergence): no error.
+    o, _ = memory_chunked(**args, state=state, chunk_size=4, check_values=False)
+    assert o.shape == q.shape
     # The boundaries are in range: lr 0 (no step), momentum and decay 0 and 1.
     for name, value in (("lr", 0.0), ("momentum", 0.0), ("momentum", 1.0), ("decay", 0.0),
                         ("decay", 1.0)):

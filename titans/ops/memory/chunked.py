@@ -95,6 +95,7 @@ def memory_chunked(
     max_grad_norm: float | None = None,
     checkpoint_chunks: int | None = None,
     compile_step: bool = False,
+    check_values: bool = True,
 ) -> tuple[Tensor, MemoryState]:
     """Same contract and result as :func:`titans.ops.memory_naive`, one chunk at a time.
 
@@ -113,12 +114,13 @@ def memory_chunked(
             copies of the memory, for one extra forward.
         compile_step: run the per-chunk step through ``torch.compile`` (one graph reused by
             every chunk; fuses the elementwise work). Costs a one-off compilation per shape.
+        check_values: as in memory_naive.
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token (in >= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
-                 norm_weight, norm_bias, max_grad_norm, checkpoint_chunks)
+                 norm_weight, norm_bias, max_grad_norm, checkpoint_chunks, values=check_values)
     dtype = compute_dtype(q.dtype)
     b, t_len, h, _ = q.shape
     d_v = v.shape[-1]

@@ -113,9 +113,11 @@ def check_inputs(
     max_grad_norm: float | None = None,
     checkpoint_chunks: int | None = None,
     chunked: bool = True,
+    values: bool = True,
 ) -> None:
     """Raise ``ValueError`` with a clear message for any inconsistent input of the memory ops:
-    the tensors' dtypes and shapes, the state, and the settings (:func:`check_settings`).
+    the tensors' dtypes and shapes, the state, and the settings (:func:`check_settings`); with
+    ``values``, on the CPU, the values too (:func:`check_values`).
 
     chunked: False for an op that has no chunk size (memory_recurrent stays in one chunk; it
         passes chunk_size None).
@@ -140,7 +142,7 @@ def check_inputs(
     check_memory(state, b, h, d_k, v.shape[-1], residual_norm, norm_weight, norm_bias)
     # Values are checked only where reading them back costs no device sync (and outside a
     # compiled graph): on an accelerator the check would stall every call.
-    if q.device.type == "cpu" and not torch.compiler.is_compiling():
+    if values and q.device.type == "cpu" and not torch.compiler.is_compiling():
         check_values(q, k, v, lr, momentum, decay)
 
 

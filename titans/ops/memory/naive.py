@@ -32,6 +32,7 @@ def memory_naive(
     norm_weight: Tensor | None = None,
     norm_bias: Tensor | None = None,
     max_grad_norm: float | None = None,
+    check_values: bool = True,
 ) -> tuple[Tensor, MemoryState]:
     """Run the memory over a sequence one token at a time.
 
@@ -53,18 +54,21 @@ def memory_naive(
         norm_weight, norm_bias: [H, D_v], the LayerNorm's per-head affine part (outer
             parameters, not fast weights); None means weight 1 and bias 0.
         max_grad_norm: clip each token's inner gradient to this norm (None: no clipping).
+        check_values: check the values of q, k, v and the gates on the CPU (see below); a
+            layer whose gates come from bounded activations turns it off, since a non-finite
+            value there means the model diverged, which its training loop reports.
 
     Returns:
         o: [B, T, H, D_v] in q's dtype, and the state after the last token.
 
-    Every memory op checks the shapes; on the CPU it also checks the values (finite q, k, v,
-    gates in their ranges: :func:`titans.ops.memory.common.check_values`), which elsewhere
-    would cost a device sync per call. Unchecked, a value out of range gives the result of the
-    same equations, and a non-finite one at token t of a chunk makes the outputs of the whole
-    chunk non-finite in the chunked op (only from t on in this one).
+    Every memory op checks the shapes; on the CPU, with ``check_values``, it also checks the
+    values (finite q, k, v, gates in their ranges: :func:`titans.ops.memory.common.check_values`),
+    which elsewhere would cost a device sync per call. Unchecked, a value out of range gives the
+    result of the same equations, and a non-finite one at token t of a chunk makes the outputs
+    of the whole chunk non-finite in the chunked op (only from t on in this one).
     """
     check_inputs(q, k, v, lr, momentum, decay, state, chunk_size, activation, residual_norm,
-                 norm_weight, norm_bias, max_grad_norm)
+                 norm_weight, norm_bias, max_grad_norm, values=check_values)
     dtype = compute_dtype(q.dtype)
     weights = [w.to(dtype) for w in state.weights]
     moms = [s.to(dtype) for s in state.momentum]

@@ -40,6 +40,7 @@ def memory_recurrent(
     norm_weight: Tensor | None = None,
     norm_bias: Tensor | None = None,
     max_grad_norm: float | None = None,
+    check_values: bool = True,
 ) -> tuple[Tensor, MemoryState]:
     """Continue the open chunk by n tokens, one at a time, from its running state.
 
@@ -63,13 +64,14 @@ def memory_recurrent(
             each [B, H, d_{i-1}, d_i].
         current: weights W_{t-1} and momentum S_{t-1} after the last token already read in the
             chunk (the boundary state itself when none was), shaped like ``boundary``.
-        activation, residual_norm, norm_weight, norm_bias, max_grad_norm: as in memory_naive.
+        activation, residual_norm, norm_weight, norm_bias, max_grad_norm, check_values: as in
+            memory_naive.
 
     Returns:
         o: [B, n, H, D_v] in q's dtype, and the running state after the last token (>= float32).
     """
     check_inputs(q, k, v, lr, momentum, decay, boundary, None, activation, residual_norm,
-                 norm_weight, norm_bias, max_grad_norm, chunked=False)
+                 norm_weight, norm_bias, max_grad_norm, chunked=False, values=check_values)
     shapes = [tuple(w.shape) for w in boundary.weights]
     if [tuple(w.shape) for w in current.weights] != shapes:
         raise ValueError(
