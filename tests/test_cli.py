@@ -9,6 +9,16 @@ from titans.cli import main
 from titans.models import TitansConfig, count_parameters
 
 
+def refused(argv, capsys):
+    """Run ``titans argv``; assert it exits with status 2 and one stderr line, and return it."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
 def test_train_resume_eval_generate_info(tmp_path, write_config, capsys):
     config = write_config()
     run = tmp_path / "run"
@@ -172,11 +182,8 @@ def test_a_bad_recall_or_sample_section_exits_before_training(tmp_path, docs, ca
 ])
 def test_bad_configs_exit_with_one_line(tmp_path, write_config, capsys, args, message):
     config = write_config()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", str(config), "--out", str(tmp_path / "r"), *args])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    err = refused(["train", "--config", str(config), "--out", str(tmp_path / "r"), *args], capsys)
+    assert message in err
     assert not (tmp_path / "r").exists()
 
 
@@ -188,22 +195,16 @@ def test_bad_configs_exit_with_one_line(tmp_path, write_config, capsys, args, me
 def test_bad_config_files_exit_with_one_line(tmp_path, capsys, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", str(config), "--out", str(tmp_path / "r")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    err = refused(["train", "--config", str(config), "--out", str(tmp_path / "r")], capsys)
+    assert message in err
     assert str(config) in err or "section" in message
 
 
 def test_a_bad_toml_config_exits_with_one_line(tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text("[model\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["info", "--config", str(config)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"config file {config} is not valid TOML" in err and len(err.strip().splitlines()) == 1
+    err = refused(["info", "--config", str(config)], capsys)
+    assert f"config file {config} is not valid TOML" in err
 
 
 def test_an_unwritable_run_fails_in_one_line_before_printing_results(tmp_path, write_config,
@@ -220,7 +221,7 @@ def test_an_unwritable_run_fails_in_one_line_before_printing_results(tmp_path, w
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--run", str(run), "--context-lengths", "16", "--max-tokens", "32"])
     assert exit_info.value.code == 2
-    out, err = capsys.readouterr()
+    out, err = capsys.readouterr()  # stdout too: no table may be printed
     assert out == "" and err.strip() == (f"titans eval: error: [Errno 13] Permission denied: "
                                          f"'{run / 'eval.json'}'")
     assert not (run / "eval.json").exists()
@@ -228,11 +229,9 @@ def test_an_unwritable_run_fails_in_one_line_before_printing_results(tmp_path, w
 
 def test_an_out_dir_under_a_file_fails_in_one_line(tmp_path, write_config, capsys):
     (tmp_path / "file").write_text("not a directory")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", str(write_config()), "--out", str(tmp_path / "file" / "r")])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "file") in err
+    err = refused(["train", "--config", str(write_config()), "--out",
+                   str(tmp_path / "file" / "r")], capsys)
+    assert str(tmp_path / "file") in err
 
 
 def test_a_second_fresh_run_into_a_used_directory_is_refused(tmp_path, write_config, capsys):
