@@ -232,6 +232,35 @@ def test_generate_continues_a_stream_from_a_state():
     assert torch.equal(out, model.generate(ids, 5, temperature=0)[:, 20:])
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_selected_state_rows_continue_their_own_streams(variant):
+    """state.select(rows) continues stream rows[i] in row i (repeats allowed), with a memory
+    chunk and a MAC segment left open, exactly as that stream run alone."""
+    model = model_for(config(variant))
+    ids, more = torch.randint(0, 61, (3, 14)), torch.randint(0, 61, (4, 6))
+    rows = [2, 0, 2, 1]
+    out = model(more, model(ids).state.select(rows))
+    for i, r in enumerate(rows):
+        alone = model(more[i:i + 1], model(ids[r:r + 1]).state)
+        torch.testing.assert_close(out.logits[i:i + 1], alone.logits, rtol=1e-12, atol=1e-12)
+    assert out.state.batch_size == 4 and out.state.position == 20
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 3\)"):
+        model(ids).state.select([3])
+    with pytest.raises(ValueError, match="1-d"):
+        model(ids).state.select([[0]])
+
+
+def test_hidden_states_are_what_the_lm_head_reads():
+    model = model_for(config("mal"))
+    ids = torch.randint(0, 61, (2, 11))
+    hidden, state = model.hidden_states(ids)
+    out = model(ids)
+    torch.testing.assert_close(model.lm_head(hidden), out.logits, rtol=0, atol=0)
+    assert state.position == out.state.position == 11
+    with pytest.raises(ValueError, match="token ids must lie"):
+        model.hidden_states(ids + 61)
+
+
 def test_num_parameters_counts_tied_weights_once():
     model = model_for(config("transformer"))
     unique = {id(p): p.numel() for p in model.parameters()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,8 @@ class KVCache:
 
     key, value: [B, H, S, D]; index: [S] int64 sequence indices (also their RoPE positions).
     """
+
+    SHARED_FIELDS: ClassVar[tuple[str, ...]] = ("index",)  # the same for every row
 
     key: Tensor
     value: Tensor

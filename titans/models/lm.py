@@ -26,6 +26,26 @@ from titans.models.config import TitansConfig
 IGNORE_INDEX = -100  # a label the loss skips (cross_entropy's default ignore_index)
 
 
+def _select_rows(obj: Any, rows: Tensor) -> Any:
+    """``obj`` (a nested state of dataclasses, lists and tuples) with every batched tensor
+    indexed along its first (batch) dimension by ``rows``; a dataclass names the fields its rows
+    share (e.g. a KV cache's sequence indices) in ``SHARED_FIELDS``, kept as they are."""
+    if isinstance(obj, Tensor):
+        return obj.index_select(0, rows)
+    if dataclasses.is_dataclass(obj):
+        shared = getattr(obj, "SHARED_FIELDS", ())
+        return dataclasses.replace(obj, **{
+            f.name: _select_rows(getattr(obj, f.name), rows)
+            for f in dataclasses.fields(obj) if f.init and f.name not in shared
+        })
+    if isinstance(obj, list):
+        return [_select_rows(item, rows) for item in obj]
+    if isinstance(obj, tuple):  # a NamedTuple is rebuilt from its fields
+        items = [_select_rows(item, rows) for item in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj  # None, numbers
+
+
 def _tensors(obj: Any) -> Iterator[Tensor]:
     """Every tensor inside a (nested) state of dataclasses, lists and tuples."""
     if isinstance(obj, Tensor):
@@ -53,6 +73,21 @@ class TitansState:
         """Cut the autograd graph (truncated back-propagation through time)."""
         return TitansState([s.detach() for s in self.layers], self.position, self.batch_size,
                            self.config)
+
+    def select(self, rows: Tensor | list[int]) -> TitansState:
+        """The state of the streams ``rows`` (int indices into the batch, repeats allowed): e.g.
+        ``[0, 0, 0]`` continues one stream three ways (the choices of a question), and a beam
+        search reorders its beams with it. The position is shared by all rows."""
+        layers = self.layers
+        device = next(_tensors(layers)).device
+        rows = torch.as_tensor(rows, dtype=torch.long, device=device)
+        if rows.dim() != 1:
+            raise ValueError(f"rows must be 1-d integer indices, got shape {tuple(rows.shape)}")
+        if rows.numel() and (int(rows.min()) < 0
+                             or int(rows.max()) >= self.batch_size):
+            raise ValueError(f"rows must lie in [0, {self.batch_size}), got "
+                             f"[{int(rows.min())}, {int(rows.max())}]")
+        return TitansState(_select_rows(layers, rows), self.position, rows.numel(), self.config)
 
     def num_bytes(self) -> int:
         """Memory held by the state's tensors (constant in ``position`` except for the
@@ -132,6 +167,52 @@ class TitansLM(nn.Module):
         head only where a label is scored and return no logits; the same loss, much cheaper when
         few positions are scored (e.g. only answers) since the head is a large share of the work.
         """
+        self._check_input_ids(input_ids)
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids")
+        if labels is not None and logits_to_keep:
+            raise ValueError("labels need the logits of every position: use logits_to_keep=0")
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False only makes sense with labels (for the loss)")
+        if labels is not None and labels.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+        if labels is not None and input_ids.shape[1] < 2:
+            raise ValueError(f"labels need at least 2 tokens (position t predicts t + 1), got "
+                             f"{input_ids.shape[1]}: the loss would be the mean of nothing (NaN)")
+        if labels is not None and not torch.compiler.is_compiling():
+            scored = labels[labels != IGNORE_INDEX]
+            if scored.numel() and (int(scored.min()) < 0
+                                   or int(scored.max()) >= self.config.vocab_size):
+                raise ValueError(f"labels must be {IGNORE_INDEX} (not scored) or lie in [0, "
+                                 f"{self.config.vocab_size}), got [{int(scored.min())}, "
+                                 f"{int(scored.max())}]")
+        check_int("logits_to_keep", logits_to_keep, 0)
+        x, new_state = self._run(input_ids, state)
+        logits, loss = None, None
+        if return_logits:
+            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        if labels is not None:
+            # Position t predicts labels[:, t + 1]; the last position has no target. Padding the
+            # targets (not slicing the logits) keeps the [B * T, V] scores a view: a slice would
+            # be copied here and again, zero-filled at full size, in the backward pass.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).flatten()
+            if logits is not None:
+                scores = logits.flatten(0, 1)
+            else:
+                scored = targets != IGNORE_INDEX
+                scores, targets = self.lm_head(x.flatten(0, 1)[scored]), targets[scored]
+            loss = F.cross_entropy(scores.float(), targets, ignore_index=IGNORE_INDEX)
+        return TitansOutput(logits, loss, new_state)
+
+    def hidden_states(
+        self, input_ids: Tensor, state: TitansState | None = None
+    ) -> tuple[Tensor, TitansState]:
+        """input_ids [B, T], state (None: a new stream) -> (the final-norm hidden states
+        [B, T, hidden] that the LM head reads, the state after the input)."""
+        self._check_input_ids(input_ids)
+        return self._run(input_ids, state)
+
+    def _check_input_ids(self, input_ids: Tensor) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
             raise ValueError(
                 f"input_ids must be an integer tensor [B, T], got {input_ids.dtype} "
@@ -149,26 +230,9 @@ class TitansLM(nn.Module):
                 f"token ids must lie in [0, {self.config.vocab_size}), got "
                 f"[{int(input_ids.min())}, {int(input_ids.max())}]"
             )
-        if labels is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels {tuple(labels.shape)} must match input_ids")
-        if labels is not None and logits_to_keep:
-            raise ValueError("labels need the logits of every position: use logits_to_keep=0")
-        if not return_logits and labels is None:
-            raise ValueError("return_logits=False only makes sense with labels (for the loss)")
+
+    def _run(self, input_ids: Tensor, state: TitansState | None) -> tuple[Tensor, TitansState]:
         b, t_len = input_ids.shape
-        if labels is not None and labels.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
-        if labels is not None and t_len < 2:
-            raise ValueError(f"labels need at least 2 tokens (position t predicts t + 1), got "
-                             f"{t_len}: the loss would be the mean of nothing (NaN)")
-        if labels is not None and checking:
-            scored = labels[labels != IGNORE_INDEX]
-            if scored.numel() and (int(scored.min()) < 0
-                                   or int(scored.max()) >= self.config.vocab_size):
-                raise ValueError(f"labels must be {IGNORE_INDEX} (not scored) or lie in [0, "
-                                 f"{self.config.vocab_size}), got [{int(scored.min())}, "
-                                 f"{int(scored.max())}]")
-        check_int("logits_to_keep", logits_to_keep, 0)
         if state is None:
             state = self.init_state(b)
         else:
@@ -180,22 +244,7 @@ class TitansLM(nn.Module):
             x, layer_state = layer(x, state.position, layer_state)
             layer_states.append(layer_state)
         x = self.norm(x)
-        logits, loss = None, None
-        if return_logits:
-            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
-        if labels is not None:
-            # Position t predicts labels[:, t + 1]; the last position has no target. Padding the
-            # targets (not slicing the logits) keeps the [B * T, V] scores a view: a slice would
-            # be copied here and again, zero-filled at full size, in the backward pass.
-            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).flatten()
-            if logits is not None:
-                scores = logits.flatten(0, 1)
-            else:
-                scored = targets != IGNORE_INDEX
-                scores, targets = self.lm_head(x.flatten(0, 1)[scored]), targets[scored]
-            loss = F.cross_entropy(scores.float(), targets, ignore_index=IGNORE_INDEX)
-        return TitansOutput(logits, loss,
-                            TitansState(layer_states, state.position + t_len, b, self.config))
+        return x, TitansState(layer_states, state.position + t_len, b, self.config)
 
     def check_state(self, state: TitansState, batch_size: int) -> None:
         """``ValueError`` unless ``state`` can continue a stream of ``batch_size`` rows in this
