@@ -106,6 +106,14 @@ class Tokenizer:
             return self._backend.decode(ids, skip_special_tokens=False)
         return self._backend.decode(ids)
 
+    def to_json(self) -> str:
+        """The Hugging Face ``tokenizer.json`` of this tokenizer (``tokenizers`` backends only:
+        byte-level BPE and ``.json`` files; a SentencePiece model has no such form here)."""
+        if not self._hf:
+            raise ValueError(f"tokenizer {self.name!r} is a SentencePiece model, which has no "
+                             "tokenizer.json form: use a bpe or .json tokenizer")
+        return self._backend.to_str()
+
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
