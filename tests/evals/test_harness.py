@@ -100,8 +100,8 @@ def test_lm_eval_scores_are_the_models_and_batching_changes_nothing(model, token
 
 
 def test_generate_until_is_greedy_decoding_cut_at_the_stop_string(model, tokenizer):
-    lm = TitansEvalLM(model=model, tokenizer=tokenizer)
-    context = "The whale swam"
+    lm = TitansEvalLM(model=model, tokenizer=tokenizer, piece_len=4)  # the context in pieces
+    context = "The whale swam over the sea. Did the captain"
     ids = tokenizer.encode(context)
     greedy = model.generate(torch.tensor([ids]), 12, temperature=0)[0, len(ids):].tolist()
     full = tokenizer.decode(greedy)

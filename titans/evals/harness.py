@@ -33,6 +33,7 @@ from titans.distributed import resolve_device
 from titans.evals.generation import TextTokenizer
 from titans.evals.scoring import continuation_logprobs, document_logprob, encode_pair
 from titans.models.lm import TitansLM, sample_next_token
+from titans.models.streaming import stream
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class TitansEvalLM(LM):
             temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop(
                 "do_sample", False) else 0.0
             ids = self.tokenizer.encode(context) or [self.tokenizer.eos_id]
-            out = self.model(torch.tensor([ids], device=device), logits_to_keep=1)
+            # A long context (RULER, babilong) is read in pieces with carried state.
+            *_, out = stream(self.model, torch.tensor(ids, device=device), self.piece_len,
+                             losses=False, logits=True, logits_to_keep=1)
             new: list[int] = []
             text = ""
             for _ in range(max_new):
