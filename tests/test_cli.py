@@ -54,7 +54,7 @@ def test_a_run_from_before_the_runtime_section_evals_samples_and_resumes(tmp_pat
     main(["train", "--config", str(config), "--out", str(run), "--set", "train.max_steps=3"])
     saved = json.loads((run / "config.json").read_text())
     assert saved["runtime"] == {"compile": "none", "memory_checkpoint_chunks": 16,
-                                "attention_block_size": 512}
+                                "attention_block_size": 512, "data_parallel": "ddp"}
     model = saved["model"]
     former = {"model": {**model, "attention_block_size": 8, "memory_checkpoint_chunks": 2,
                         "compile_memory": False}, "train": {**saved["train"], "compile": False}}
@@ -74,7 +74,7 @@ def test_a_run_from_before_the_runtime_section_evals_samples_and_resumes(tmp_pat
     resumed = json.loads((run / "config.json").read_text())
     assert resumed == {"model": model, "train": {**saved["train"], "max_steps": 6},
                        "runtime": {"compile": "none", "memory_checkpoint_chunks": 16,
-                                   "attention_block_size": 4}}
+                                   "attention_block_size": 4, "data_parallel": "ddp"}}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])

@@ -125,7 +125,7 @@ def test_a_config_json_from_before_the_runtime_section_is_read_into_one(tmp_path
     (tmp_path / CONFIG_FILE).write_text(json.dumps(former))
     expected = {"model": model.config.to_dict(), "train": {"seq_len": 8, "lr": 0.1},
                 "runtime": {"compile": "memory", "memory_checkpoint_chunks": 2,
-                            "attention_block_size": 4}}
+                            "attention_block_size": 4, "data_parallel": "ddp"}}
     assert read_config(tmp_path) == expected
     loaded, config = load_checkpoint(tmp_path)
     assert config == expected and block_sizes_and_chunks(loaded) == ({4}, {2})

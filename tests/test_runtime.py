@@ -1,7 +1,8 @@
 """titans.runtime: RuntimeConfig's validation; apply_runtime sets every layer's knobs (a model
 built without it has the defaults) and compiles the whole model on request; the knobs leave the
 numbers as they are; a former config's knobs become a runtime; the model and train configs no
-longer take them. (Runs: tests/test_runs.py, tests/test_train.py, tests/test_cli.py.)"""
+longer take them. (Runs: tests/test_runs.py, tests/test_train.py, tests/test_cli.py; FSDP
+training: tests/test_fsdp.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from titans import RuntimeConfig, TitansConfig, TitansLM, apply_runtime
 from titans.layers import NeuralMemory
 from titans.layers.attention import Attention
 from titans.models import VARIANTS
-from titans.runtime import COMPILE_MODES, configure_layers, runtime_of_former_config
+from titans.runtime import (
+    COMPILE_MODES,
+    DATA_PARALLEL_MODES,
+    configure_layers,
+    runtime_of_former_config,
+)
 from titans.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,8 +54,8 @@ def expected_knobs(variant: str, runtime: RuntimeConfig) -> set[tuple[str, Any]]
 
 def test_defaults_and_json_round_trip():
     assert RuntimeConfig() == RuntimeConfig(compile="none", memory_checkpoint_chunks=16,
-                                            attention_block_size=512)
-    for runtime in (RuntimeConfig(), RuntimeConfig("model", None, 7)):
+                                            attention_block_size=512, data_parallel="ddp")
+    for runtime in (RuntimeConfig(), RuntimeConfig("model", None, 7, "fsdp")):
         values = json.loads(json.dumps(dataclasses.asdict(runtime)))
         assert RuntimeConfig(**values) == runtime
     assert RuntimeConfig(memory_checkpoint_chunks=None).memory_checkpoint_chunks is None
@@ -62,6 +68,16 @@ def test_compile_is_one_of_the_modes(bad):
         RuntimeConfig(compile=bad)
     for mode in COMPILE_MODES:
         assert RuntimeConfig(compile=mode).compile == mode
+
+
+@pytest.mark.parametrize("bad", [None, True, 1, "", "DDP", "fsdp2", "zero3", ["fsdp"]])
+def test_data_parallel_is_ddp_or_fsdp(bad):
+    with pytest.raises(ValueError, match=re.escape(f"RuntimeConfig.data_parallel must be one of "
+                                                   f"{DATA_PARALLEL_MODES}, got {bad!r}")):
+        RuntimeConfig(data_parallel=bad)
+    assert DATA_PARALLEL_MODES == ("ddp", "fsdp")
+    for mode in DATA_PARALLEL_MODES:
+        assert RuntimeConfig(data_parallel=mode).data_parallel == mode
 
 
 @pytest.mark.parametrize("field", ["memory_checkpoint_chunks", "attention_block_size"])

@@ -126,10 +126,14 @@ def save_checkpoint(
     train_config: dict[str, Any],
     runtime: RuntimeConfig,
     trainer_state: dict[str, Any],
+    weights: dict[str, Tensor] | None = None,
 ) -> None:
     """Write the weights, ``config.json`` (the model's config, ``train_config``, the
     TrainConfig's fields, and ``runtime``) and ``trainer_state`` (saved with ``torch.save``; its
     ``"step"`` also goes into the weights' metadata) into ``out_dir`` as one atomic unit.
+    weights: the model's whole state dict when ``model`` does not hold it (a model sharded over
+    processes, gathered by :func:`titans.distributed.checkpoint_state`); None:
+    ``model.state_dict()``.
 
     The three files are written (each atomically) into a staging directory, ``trainer.pt``
     last, and then moved into ``out_dir``; a crash at any point leaves either the previous
@@ -140,7 +144,7 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)  # debris of a save that failed earlier
         staging.mkdir(parents=True)
         with atomic_write(staging / WEIGHTS_FILE) as f:
-            f.write(safetensors.torch.save(_weights(model),
+            f.write(safetensors.torch.save(_weights(model, weights),
                                            metadata={"step": str(trainer_state["step"])}))
         atomic_save_json({"model": model.config.to_dict(), "train": train_config,
                           "runtime": dataclasses.asdict(runtime)}, staging / CONFIG_FILE)
@@ -184,10 +188,10 @@ def commit_checkpoint(out_dir: Path) -> None:
     shutil.rmtree(staging)
 
 
-def _weights(model: TitansLM) -> dict[str, Tensor]:
-    """The state dict for safetensors, which refuses shared tensors: a tied LM head is the
-    embedding matrix, stored once (as ``embed_tokens.weight``)."""
-    state = model.state_dict()
+def _weights(model: TitansLM, state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The state dict (``state``, or ``model``'s) for safetensors, which refuses shared tensors:
+    a tied LM head is the embedding matrix, stored once (as ``embed_tokens.weight``)."""
+    state = dict(model.state_dict() if state is None else state)
     if model.config.tie_word_embeddings:
         del state["lm_head.weight"]
     return {name: t.detach().cpu().contiguous() for name, t in state.items()}

@@ -1,5 +1,5 @@
 """How a model runs, apart from what it computes: compilation, activation checkpointing of the
-neural memory and the attention's block size.
+neural memory, the attention's block size and how training is spread over processes.
 
 These knobs trade speed against memory and leave the results as they are (up to float rounding:
 under ``torch.compile``, and in sliding-window attention, whose blocks regroup the keys), so they
@@ -7,7 +7,8 @@ are not part of the model config (:class:`TitansConfig`): a run can be resumed w
 They are applied to a built model from outside, by :func:`apply_runtime`; the layers keep them as
 plain attributes (``NeuralMemory.checkpoint_chunks`` and ``compile_step``,
 ``Attention.block_size``), and a model built without a runtime has ``RuntimeConfig()``'s values, the
-layers' defaults.
+layers' defaults. The data-parallel strategy is applied by the training loop
+(:func:`titans.distributed.parallelize`).
 
 In a config file they are the ``runtime`` section; a run directory keeps them next to the model
 config (:mod:`titans.runs`).
@@ -28,6 +29,9 @@ from titans.layers.memory import NeuralMemory
 # "none": eager; "memory": torch.compile the neural memory's per-chunk step (one small graph,
 # compiled once); "model": torch.compile the whole model a training step runs.
 COMPILE_MODES = ("none", "memory", "model")
+# Data parallelism under torchrun. "ddp": every process holds the whole model and optimizer state;
+# "fsdp": FSDP2 shards weights, gradients and optimizer state over the processes.
+DATA_PARALLEL_MODES = ("ddp", "fsdp")
 
 # Where the knobs were before they had a section of their own (section -> key -> the runtime
 # setting it became), so that a config file setting one there is told where it went. A run
@@ -52,17 +56,23 @@ class RuntimeConfig:
         them all: more memory, one forward less).
     attention_block_size: at most this many queries per attention block (memory
         O(T * (block_size + window))).
+    data_parallel: one of :data:`DATA_PARALLEL_MODES`, how a run of several processes
+        (torchrun) trains: "ddp" replicates the model, "fsdp" shards it
+        (:func:`titans.distributed.parallelize`). A single process ignores it, and checkpoints
+        are the same either way.
     """
 
     compile: str = "none"
     memory_checkpoint_chunks: int | None = 16
     attention_block_size: int = 512
+    data_parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         check_choice("RuntimeConfig.compile", self.compile, COMPILE_MODES)
         check_int("RuntimeConfig.memory_checkpoint_chunks", self.memory_checkpoint_chunks, 1,
                   optional=True)
         check_int("RuntimeConfig.attention_block_size", self.attention_block_size, 1)
+        check_choice("RuntimeConfig.data_parallel", self.data_parallel, DATA_PARALLEL_MODES)
 
 
 def configure_layers(model: nn.Module, runtime: RuntimeConfig) -> None:

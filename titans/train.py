@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from titans import distributed, runs
 from titans.checks import check_bool, check_choice, check_int, check_number
@@ -229,8 +228,11 @@ def train(
     with a non-finite gradient, the memory's health and the step of the checkpoint left in
     out_dir.
 
-    Under ``torchrun`` every process calls this; they train data-parallel and only rank 0 logs
-    and saves (the memory health it logs is of its own batches). Returns the summary
+    Under ``torchrun`` every process calls this; they train data-parallel, replicated (DDP) or
+    sharded (FSDP) as ``runtime.data_parallel`` says (:func:`titans.distributed.parallelize`), and
+    only rank 0 logs and saves (the memory health it logs is of its own batches); the checkpoint
+    is the one a single process would write, so a run may resume with another strategy or
+    number of processes (the same global batch). Returns the summary
     ``{"steps", "tokens", "final_train_loss", "final_val_loss", "best_val_loss", "tokens_per_s"
     (training throughput of this session without its first step), "num_parameters", "wall_time"
     (s, all sessions), "out_dir"}``.
@@ -291,32 +293,34 @@ def _train(
     model = TitansLM(model_config).to(env.device)
     if cfg.init_from is not None and not resume:  # a resumed run has its own weights
         _init_from(model, model_config, Path(cfg.init_from))
+    # ---- resume: the weights now, into the whole model (FSDP then shards them); the rest of
+    # the trainer state once the optimizer exists
+    trainer = _resume_weights(out_dir, model_config, cfg, env.world_size, model) if resume else None
 
-    # ---- optimizer
+    # Configure (and maybe compile), then spread over the processes: DDP wraps the module,
+    # FSDP shards `model` in place. `model` stays the module whose weights are saved.
+    step_model = apply_runtime(model, runtime)
+    eval_model = step_model
+    step_model = distributed.parallelize(step_model, env, runtime.data_parallel)
+
+    # ---- optimizer: on the parameters as parallelize left them (FSDP's are new objects)
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
         # Fused kernels on CUDA; elsewhere PyTorch's default (foreach) implementation.
         fused=True if env.device.type == "cuda" else None,
     )
 
-    # ---- resume: weights, optimizer, RNG states and progress from out_dir
+    # ---- resume: optimizer, RNG states and progress from out_dir
     progress = _Progress()
-    if resume:
-        progress = _load_trainer_state(out_dir, model_config, cfg, env.world_size, model, optimizer)
+    if trainer is not None:
+        distributed.load_optimizer_state(model, optimizer, trainer["optimizer"])
+        runs.set_rng_state(trainer["rng"])
+        progress = _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
     first_step, earlier_sessions = progress.step, progress.elapsed
     saved_step = progress.step if resume else None  # the step of the checkpoint in out_dir
 
     def elapsed() -> float:  # wall time of the run: earlier sessions plus this one
         return earlier_sessions + time.perf_counter() - session_start
-
-    # Configure (and maybe compile), then wrap for data parallelism; `model` itself stays the
-    # plain module whose weights are saved.
-    step_model = apply_runtime(model, runtime)
-    eval_model = step_model
-    if env.is_distributed:
-        step_model = DistributedDataParallel(
-            step_model, device_ids=[env.device.index] if env.device.type == "cuda" else None
-        )
 
     # ---- logging: metrics.jsonl, trackers, progress (rank 0)
     log = TrainingLog(cfg, model_config, runtime, progress.step, num_steps, enabled=env.is_main)
@@ -335,12 +339,13 @@ def _train(
         train_loss, health = _accumulate_gradients(step_model, train_source, progress.step, cfg,
                                                    env, amp_dtype)
         with_grad = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = _grad_norm(with_grad)  # the same on every process: DDP averaged the gradients
+        # The same on every process: DDP averaged the gradients, FSDP's shards add up to it.
+        grad_norm = _grad_norm(with_grad)
         # One read of the device per step: a non-finite loss or gradient stops the run before
         # the optimizer steps, so diverged weights are never taken, let alone saved.
         if not bool(torch.isfinite(train_loss) & torch.isfinite(grad_norm)):
             raise FloatingPointError(_divergence_message(
-                progress.step + 1, train_loss, grad_norm, model, health, out_dir, saved_step
+                progress.step + 1, train_loss, grad_norm, model, health, out_dir, saved_step, env
             ))
         if cfg.grad_clip:  # 0 = off: the norm is still reported
             _clip_grads(with_grad, cfg.grad_clip, grad_norm)
@@ -380,12 +385,14 @@ def _train(
             log.eval_record({"step": progress.step, "tokens": progress.tokens,
                              "val_loss": val_loss, "elapsed": elapsed()})
 
-        # ---- checkpoint
+        # ---- checkpoint: gathered from every process under FSDP, written by rank 0
         if save_now:
-            if env.is_main:
+            state = distributed.checkpoint_state(model, optimizer, env)
+            if state is not None:
+                weights, optimizer_state = state
                 saved = dataclasses.replace(progress, elapsed=elapsed())
-                _save_checkpoint(out_dir, model, cfg, runtime, optimizer, saved, num_steps,
-                                 env.world_size)
+                _save_checkpoint(out_dir, model, weights, cfg, runtime, optimizer_state, saved,
+                                 num_steps, env.world_size)
             saved_step = progress.step
             distributed.barrier(env)
 
@@ -419,9 +426,9 @@ def _accumulate_gradients(
     amp_dtype: torch.dtype | None,
 ) -> tuple[Tensor, MemoryHealth]:
     """Forward and backward passes of optimizer step ``step``'s ``cfg.grad_accum`` micro-batches
-    (gradients summed into the parameters, averaged over processes by DDP). Returns the step's
-    mean loss over all processes (0-d, on the device) and the memory's health over its forward
-    passes."""
+    (gradients summed into the parameters, averaged over processes by DDP or FSDP in the last
+    micro-batch's backward). Returns the step's mean loss over all processes (0-d, on the
+    device) and the memory's health over its forward passes."""
     loss_sum = torch.zeros((), device=env.device)
     health = MemoryHealth(step_model)
     for micro in range(cfg.grad_accum):
@@ -429,10 +436,9 @@ def _accumulate_gradients(
             cfg.seq_len, cfg.batch_size, step * cfg.grad_accum + micro, cfg.seed, env.rank,
             env.world_size,
         ))
-        # DDP averages gradients over processes only on the last micro-batch's backward.
+        # Gradients are reduced over processes only in the last micro-batch's backward.
         last_micro = micro == cfg.grad_accum - 1
-        sync = step_model.no_sync() if env.is_distributed and not last_micro else nullcontext()
-        with sync:
+        with nullcontext() if last_micro else distributed.no_gradient_sync(step_model):
             with health, torch.autocast(env.device.type, amp_dtype,
                                         enabled=amp_dtype is not None):
                 loss = step_model(batch, labels=labels, return_logits=False).loss
@@ -487,17 +493,20 @@ def _amp_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
 
 
 def _grad_norm(params: list[nn.Parameter]) -> Tensor:
-    """The 2-norm of the gradients of ``params`` together (0-d), as ``clip_grad_norm_`` has it."""
+    """The 2-norm of the gradients of ``params`` together (0-d), as ``clip_grad_norm_`` has it.
+    FSDP's gradients are shards (DTensors): their norm comes out partial, and its full value,
+    the norm of the whole gradient, is reduced over the processes (every process calls this)."""
     grads = [p.grad for p in params if p.grad is not None]
     if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6
-        return nn.utils.get_total_norm(grads)
+        return distributed.full_value(nn.utils.get_total_norm(grads))
     if not grads:
         return torch.zeros(())
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _clip_grads(params: list[nn.Parameter], max_norm: float, total_norm: Tensor) -> None:
-    """Scale the gradients of ``params`` in place to a total norm of at most ``max_norm``."""
+    """Scale the gradients of ``params`` in place to a total norm of at most ``max_norm``
+    (``total_norm``: a plain tensor, the same on every process; FSDP's shards scale alike)."""
     if hasattr(nn.utils, "clip_grads_with_norm_"):  # torch >= 2.6
         nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
         return
@@ -507,13 +516,16 @@ def _clip_grads(params: list[nn.Parameter], max_norm: float, total_norm: Tensor)
             p.grad.mul_(scale.to(p.grad.device))
 
 
-def _first_nonfinite_grad(model: nn.Module) -> str | None:
+def _first_nonfinite_grad(model: nn.Module, env: DistEnv) -> str | None:
     """The name of the first parameter (in ``named_parameters()`` order) whose gradient holds a
-    nan or inf, or None."""
-    for name, param in model.named_parameters():
-        if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-            return name
-    return None
+    nan or inf, or None. Under FSDP each process sees its shards: their flags are combined over
+    the processes (every process calls this)."""
+    named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return None
+    bad = torch.stack([~torch.isfinite(distributed.local_part(g)).all() for _, g in named])
+    bad = distributed.any_process(bad, env).tolist()
+    return next((name for (name, _), flag in zip(named, bad, strict=True) if flag), None)
 
 
 def _divergence_message(
@@ -524,15 +536,17 @@ def _divergence_message(
     health: MemoryHealth,
     out_dir: Path,
     saved_step: int | None,
+    env: DistEnv,
 ) -> str:
     """One line on a step whose loss or gradient is not finite: which of them, the first
     parameter with a non-finite gradient, the memory's health in that step (memory models) and
-    what ``out_dir`` holds (never the diverged weights)."""
+    what ``out_dir`` holds (never the diverged weights). Every process calls this (the loss and
+    the gradient norm are the same on all)."""
     loss_value, norm_value = loss.item(), grad_norm.item()
     if math.isfinite(norm_value):
         grad = f"the gradient is finite (norm {norm_value:.4g})"
     else:
-        name = _first_nonfinite_grad(model)
+        name = _first_nonfinite_grad(model, env)
         where = (f"first non-finite gradient: {name}" if name is not None
                  else "every gradient is finite but their norm overflows")
         grad = f"the gradient is non-finite (norm {norm_value}; {where})"
@@ -559,26 +573,28 @@ def _divergence_message(
 def _save_checkpoint(
     out_dir: Path,
     model: TitansLM,
+    weights: dict[str, Tensor],
     train_config: TrainConfig,
     runtime: RuntimeConfig,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     progress: _Progress,
     num_steps: int,
     world_size: int,
 ) -> None:
-    """Save the weights, the configs and the trainer state: the progress, the optimizer state,
-    the schedule's parameters and every RNG's state (see :func:`titans.runs.save_checkpoint`)."""
+    """Save ``weights`` (``model``'s whole state dict), the configs and the trainer state: the
+    progress, ``optimizer_state`` (the optimizer's whole ``state_dict()``), the schedule's
+    parameters and every RNG's state (see :func:`titans.runs.save_checkpoint`)."""
     trainer_state = {
         **asdict(progress),
         "world_size": world_size,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         # The schedule is a pure function of the step; this records its parameters.
         "scheduler": {"kind": "warmup_cosine", "lr": train_config.lr, "total_steps": num_steps,
                       "warmup_steps": train_config.warmup_steps,
                       "min_lr_ratio": train_config.min_lr_ratio},
         "rng": runs.rng_state(),
     }
-    runs.save_checkpoint(out_dir, model, asdict(train_config), runtime, trainer_state)
+    runs.save_checkpoint(out_dir, model, asdict(train_config), runtime, trainer_state, weights)
 
 
 # A resumed run must follow the same trajectory as the interrupted one, so these must match (and
@@ -597,15 +613,15 @@ _RESUME_FIELDS = ("seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay
                   "beta2", "grad_clip", "seed")
 
 
-def _load_trainer_state(
+def _resume_weights(
     out_dir: Path,
     model_config: TitansConfig,
     cfg: TrainConfig,
     world_size: int,
     model: TitansLM,
-    optimizer: torch.optim.Optimizer,
-) -> _Progress:
-    """Restore weights, optimizer state and RNG states from ``out_dir``; return the progress."""
+) -> dict[str, Any]:
+    """Check that ``out_dir``'s checkpoint can be continued with these configs, load its
+    weights into ``model`` and return its trainer state (progress, optimizer, RNG states)."""
     saved = runs.read_config(out_dir)
     diff = TitansConfig.from_dict(saved["model"]).model_differences(model_config)
     if diff:
@@ -626,6 +642,4 @@ def _load_trainer_state(
             f"{diff}); start a new run in another out_dir instead"
         )
     runs.load_weights(model, out_dir)
-    optimizer.load_state_dict(trainer["optimizer"])
-    runs.set_rng_state(trainer["rng"])
-    return _Progress(**{f.name: trainer[f.name] for f in dataclasses.fields(_Progress)})
+    return trainer
