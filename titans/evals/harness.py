@@ -66,7 +66,9 @@ class TitansEvalLM(LM):
 
     batch_size: continuations scored side by side ("auto" or None: 16); device: "auto", "cpu",
     "cuda", ...; piece_len: tokens per call when reading long contexts and documents (memory
-    only, not results); max_gen_toks: default generation budget of ``generate_until``.
+    only, not results); max_gen_toks: default generation budget of ``generate_until``;
+    max_length: accepted and ignored (some lm-eval tasks' instructions pass it): no context is
+    cut, the state carries any length.
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class TitansEvalLM(LM):
         device: str | None = None,
         piece_len: int = 2048,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
+        del max_length  # lm-eval's RULER docs pass it; the carried state reads any length
         if (pretrained is None) == (model is None):
             raise ValueError("pass either pretrained=DIR or model= (with tokenizer=)")
         if pretrained is not None:
