@@ -83,6 +83,7 @@ def test_resuming_on_other_data_is_refused_and_changes_nothing(trained, other_do
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # a subprocess training run (>7 s)
 def test_a_run_held_by_another_process_is_refused_and_changes_nothing(trained):
     config, run = trained
     holder = subprocess.Popen(
@@ -103,6 +104,7 @@ def test_a_run_held_by_another_process_is_refused_and_changes_nothing(trained):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow  # a subprocess training run (>7 s)
 def test_a_relative_data_source_means_the_same_corpus_from_any_directory(tmp_path, docs,
                                                                          other_docs):
     """A run trained on ``source: docs`` (relative) is evaluated on those documents from

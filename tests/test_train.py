@@ -518,6 +518,7 @@ def run_worker(spec: Path, timeout: float = 120) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.mark.slow  # a subprocess training run (>7 s)
 def test_resume_after_sigkill_is_exact(tmp_path: Path) -> None:
     save_tokens(tmp_path)
     base = asdict(tiny_train_config(tmp_path / "full", max_steps=12, save_every=4, eval_every=6,
@@ -571,6 +572,7 @@ def test_resume_after_sigkill_is_exact(tmp_path: Path) -> None:
         assert resumed_summary[key] == full_summary[key], key
 
 
+@pytest.mark.slow  # a subprocess training run (>7 s)
 def test_torchrun_data_parallel_matches_one_process(tmp_path: Path) -> None:
     save_tokens(tmp_path)
     common = dict(max_steps=3, grad_accum=2, save_every=2, eval_every=2, eval_batches=2)
