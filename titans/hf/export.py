@@ -15,6 +15,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import tokenizers
 import torch
 
 from titans import runs
@@ -55,8 +56,8 @@ def export_model(model: TitansLM, out: str | Path, tokenizer: Tokenizer | None =
         if tokenizer_json is not None:
             (staging / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
             eos = hf_model.config.eos_token_id
-            token = json.loads(tokenizer_json)
-            eos_text = next(t["content"] for t in token["added_tokens"] if t["id"] == eos)
+            # Looked up in the tokenizer itself: an end-of-text token need not be "added".
+            eos_text = tokenizers.Tokenizer.from_str(tokenizer_json).id_to_token(eos)
             (staging / "tokenizer_config.json").write_text(json.dumps({
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "eos_token": eos_text, "pad_token": eos_text,
