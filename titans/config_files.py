@@ -73,9 +73,11 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
 class DataConfig:
     """Where the text comes from and how it is tokenized (see ``titans.data``)."""
 
-    # "default" (the embedded corpus), a file, folder, .jsonl or .parquet, or hf:<name>
+    # "default" (the embedded corpus), a file, folder, .jsonl or .parquet, hf:<name>, or
+    # dna:<name> (a DNA corpus, titans.data.dna_tasks)
     source: str = DEFAULT_SOURCE
-    # "bpe[:vocab]" (trained on the corpus), a tokenizer.json, a SentencePiece .model, "mistral"
+    # "bpe[:vocab]" (trained on the corpus), a tokenizer.json, a SentencePiece .model,
+    # "mistral", "nucleotide" (one token per base, titans.data.dna)
     tokenizer: str = DEFAULT_TOKENIZER
     text_field: str = "text"  # JSONL / Parquet / HF column holding the text
 

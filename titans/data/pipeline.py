@@ -10,6 +10,8 @@ from pathlib import Path
 
 from titans.config_files import DataConfig
 from titans.data.corpus import Corpus, corpus_from_documents
+from titans.data.dna import NUCLEOTIDE_TOKENIZER, NucleotideTokenizer
+from titans.data.dna_tasks import DNA_PREFIX, dna_corpus
 from titans.data.packing import TokenFile, prepare_data
 from titans.data.sources import DEFAULT_SOURCE, HF_PREFIX, load_documents
 from titans.data.stdlib import default_corpus
@@ -29,12 +31,18 @@ def source_name(source: str) -> str:
 
 
 def load_corpus(data: DataConfig) -> tuple[Corpus, Tokenizer]:
-    """The data config's corpus (split by document) and tokenizer (both cached)."""
+    """The data config's corpus (split by document) and tokenizer (both cached). A source
+    ``dna:<name>`` is a DNA corpus (:func:`titans.data.dna_tasks.dna_corpus`), and the tokenizer
+    ``nucleotide`` the single-nucleotide one (:class:`titans.data.dna.NucleotideTokenizer`)."""
     if data.source == DEFAULT_SOURCE:
         corpus = default_corpus()
+    elif data.source.startswith(DNA_PREFIX):
+        corpus = dna_corpus(data.source)
     else:
         docs = load_documents(data.source, data.text_field)
         corpus = corpus_from_documents(source_name(data.source), docs)
+    if data.tokenizer == NUCLEOTIDE_TOKENIZER:
+        return corpus, NucleotideTokenizer()
     return corpus, load_tokenizer(data.tokenizer, corpus)
 
 
