@@ -10,6 +10,8 @@
     titans info --config configs/mac-small.yaml
     titans export --run runs/mac --out exported/mac
     titans compare --config configs/main.yaml
+    titans forecast train --config configs/forecast.yaml --out runs/forecast
+    titans forecast eval --run runs/forecast
 
 This module parses the command line and dispatches; what each command runs is in
 :mod:`titans.experiments`. Errors in configs, data, files or arguments print one line and exit
@@ -29,6 +31,7 @@ from titans.evals.long_context import BATCH_SIZE, MAX_FULL_ATTENTION, PIECE_LEN
 from titans.evals.zeroshot import ZEROSHOT_TASKS
 from titans.experiments import single_run
 from titans.experiments.compare import compare
+from titans.experiments.forecast import FORECAST_SECTIONS, evaluate_forecasts, train_forecasts
 from titans.experiments.long_context import TASK_EVAL, evaluate_runs
 from titans.experiments.zeroshot import evaluate_zeroshot_runs
 from titans.models import PRESETS, VARIANTS, TitansConfig
@@ -95,6 +98,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         raise Interrupted(f"--resume continues the runs in {args.out} from their checkpoints"
                           ) from None
+
+
+def cmd_forecast(args: argparse.Namespace) -> None:
+    if args.action == "train":
+        train_forecasts(load_values(args.config, args.set, FORECAST_SECTIONS), args.out)
+    else:
+        evaluate_forecasts(args.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue (or just re-evaluate) runs already in --out")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("forecast", help="long-term time-series forecasting (paper Table 3)")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("train", help="train the configured models at every horizon")
+    config_args(q)
+    q.add_argument("--out", required=True, help="run directory (a re-run skips finished models)")
+    q = actions.add_parser("eval", help="re-evaluate a run's saved models on the test split")
+    q.add_argument("--run", required=True, help="run directory of `titans forecast train`")
+    p.set_defaults(func=cmd_forecast)
     return parser
 
 

@@ -1,5 +1,6 @@
-"""Plots: loss curves of training runs (from their ``metrics.jsonl``) and long-context evaluation
-results (needle-in-a-haystack heatmaps, accuracy against context length).
+"""Plots: loss curves of training runs (from their ``metrics.jsonl``), forecasts against the
+truth (``titans forecast``) and long-context evaluation results (needle-in-a-haystack heatmaps,
+accuracy against context length).
 
 The long-context functions take result rows: dicts with ``"length"`` (context tokens),
 ``"depth"`` (needle depth in [0, 1], or None for tasks whose facts are scattered), ``"accuracy"``
@@ -184,6 +185,32 @@ def plot_accuracy_vs_length(
     ax.set_ylabel("accuracy")
     _finish(fig, ax, path, title, legend=True)
 
+
+def plot_forecasts(
+    history: list[float], truth: list[float], forecasts: dict[str, list[float]],
+    path: str | Path, title: str = "",
+) -> None:
+    """One PNG of a forecast window: the input rows (``history``), the true continuation
+    (``truth``) and each model's forecast of it, against the row number (0 = first forecast
+    row). Raises ValueError on no forecasts or a forecast whose length is not the truth's."""
+    if not forecasts:
+        raise ValueError("no forecasts to plot")
+    for name, values in forecasts.items():
+        if len(values) != len(truth):
+            raise ValueError(f"forecast {name!r} has {len(values)} rows, the truth {len(truth)}")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+    ax.plot(range(-len(history), 0), history, color="0.5", label="input")
+    ax.plot(range(len(truth)), truth, color="black", label="truth")
+    for name, values in forecasts.items():
+        ax.plot(range(len(values)), values, label=name, linewidth=1.2)
+    ax.axvline(0, color="0.7", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("row (0 = first forecast row)")
+    _finish(fig, ax, path, title, legend=True)
 
 def _finish(fig: Any, ax: Any, path: str | Path, title: str, legend: bool) -> None:
     """Title (plus grid and legend for line plots), then write the PNG atomically and free it."""
