@@ -12,6 +12,7 @@
     titans compare --config configs/main.yaml
     titans forecast train --config configs/forecast.yaml --out runs/forecast
     titans forecast eval --run runs/forecast
+    titans dna --config configs/dna.yaml --out runs/dna
 
 This module parses the command line and dispatches; what each command runs is in
 :mod:`titans.experiments`. Errors in configs, data, files or arguments print one line and exit
@@ -31,6 +32,7 @@ from titans.evals.long_context import BATCH_SIZE, MAX_FULL_ATTENTION, PIECE_LEN
 from titans.evals.zeroshot import ZEROSHOT_TASKS
 from titans.experiments import single_run
 from titans.experiments.compare import compare
+from titans.experiments.dna import BENCHMARK_PREFIX, DNA_SECTIONS, run_dna
 from titans.experiments.forecast import FORECAST_SECTIONS, evaluate_forecasts, train_forecasts
 from titans.experiments.long_context import TASK_EVAL, evaluate_runs
 from titans.experiments.zeroshot import evaluate_zeroshot_runs
@@ -105,6 +107,18 @@ def cmd_forecast(args: argparse.Namespace) -> None:
         train_forecasts(load_values(args.config, args.set, FORECAST_SECTIONS), args.out)
     else:
         evaluate_forecasts(args.run)
+
+
+def cmd_dna(args: argparse.Namespace) -> None:
+    overrides = list(args.set or [])
+    if args.benchmark:
+        overrides.append(f"task.source={BENCHMARK_PREFIX}{args.benchmark}")
+    values = load_values(args.config, overrides, DNA_SECTIONS)
+    try:
+        run_dna(values, Path(args.out), args.resume)
+    except KeyboardInterrupt:
+        raise Interrupted(f"--resume continues the runs in {args.out} from their checkpoints"
+                          ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("eval", help="re-evaluate a run's saved models on the test split")
     q.add_argument("--run", required=True, help="run directory of `titans forecast train`")
     p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("dna", help="nucleotide LMs pre-trained, fine-tuned as classifiers and "
+                                   "scored (paper Table 4)")
+    config_args(p)
+    p.add_argument("--out", default="runs/dna", help="directory for the runs and the report")
+    p.add_argument("--benchmark", metavar="FOLDER",
+                   help="classify a GenomicsBenchmarks data set folder (<dataset>/train|test/"
+                        "<class>/*.txt) instead of the config's task")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs in --out and reuse its finished stages")
+    p.set_defaults(func=cmd_dna)
     return parser
 
 

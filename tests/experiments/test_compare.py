@@ -48,14 +48,14 @@ def test_models_after_the_first_are_matched_to_its_size():
     sections = {"mac": {"preset": "tiny", "variant": "mac"},
                 "transformer": {"preset": "tiny", "variant": "transformer"},
                 "fixed": {"preset": "tiny", "variant": "transformer", "intermediate_size": 64}}
-    configs = compare_module._model_configs(sections, 300, match=True)
+    configs = compare_module.model_configs(sections, 300, match=True)
     target = count_parameters(configs["mac"])
     plain = TitansConfig.from_preset("tiny", "transformer", vocab_size=300)
     assert configs["transformer"].intermediate_size != plain.intermediate_size
     assert abs(count_parameters(configs["transformer"]) - target) < abs(
         count_parameters(plain) - target)
     assert configs["fixed"].intermediate_size == 64  # its own width is kept
-    unmatched = compare_module._model_configs(sections, 300, match=False)
+    unmatched = compare_module.model_configs(sections, 300, match=False)
     assert unmatched["transformer"] == plain
 
 

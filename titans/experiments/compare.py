@@ -90,7 +90,7 @@ def compare(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         print(f"task data ready: {', '.join(task_cfg.tasks)} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 
-    configs = _model_configs(values["models"], tokenizer.vocab_size,
+    configs = model_configs(values["models"], tokenizer.vocab_size,
                              values.get("match_parameters", True))
     results = []
     for name, cfg in configs.items():
@@ -207,7 +207,7 @@ def print_recall_table(niah: dict[str, Any]) -> None:
             print(f"{name:<14}" + "".join(cells))
 
 
-def _model_configs(sections: dict[str, Any], vocab_size: int,
+def model_configs(sections: dict[str, Any], vocab_size: int,
                    match: bool) -> dict[str, TitansConfig]:
     """Each model section's config; with ``match``, every model after the first whose section
     does not fix ``intermediate_size`` is resized to the first one's parameter count."""
