@@ -118,19 +118,25 @@ def read_series(
     if time_column in columns:
         raise ValueError(f"column {time_column!r} is the time column, not a channel")
     time_index, indices = header.index(time_column), [header.index(c) for c in columns]
-    values = np.empty((len(rows) - 1, len(columns)), dtype=np.float64)
     for r, row in enumerate(rows[1:]):
         if len(row) != len(header):
             raise ValueError(f"{path} row {r + 2} has {len(row)} fields, the header {len(header)}")
-        for c, i in enumerate(indices):
+    cells = np.array([[row[i] for i in indices] for row in rows[1:]])  # [rows, channels] str
+    try:
+        values = cells.astype(np.float64)
+    except ValueError:
+        # Some cell is not a number: find the first one, to name it.
+        for (r, c), cell in np.ndenumerate(cells):
             try:
-                values[r, c] = float(row[i])
+                float(cell)
             except ValueError:
-                raise ValueError(f"{path} column {columns[c]!r} row {r + 2}: {row[i]!r} is not "
-                                 "a number") from None
-            if not np.isfinite(values[r, c]):
-                raise ValueError(f"{path} column {columns[c]!r} row {r + 2} is {row[i]!r}: the "
-                                 "series must be finite (fill or drop missing values first)")
+                raise ValueError(f"{path} column {columns[c]!r} row {r + 2}: {str(cell)!r} is "
+                                 "not a number") from None
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        r, c = bad[0]
+        raise ValueError(f"{path} column {columns[c]!r} row {r + 2} is {str(cells[r, c])!r}: "
+                         "the series must be finite (fill or drop missing values first)")
     return Series([row[time_index] for row in rows[1:]], list(columns), values.astype(np.float32))
 
 
