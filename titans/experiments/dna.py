@@ -237,8 +237,8 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
     train_values = values.get("train") or {}
     device = resolve_device(build_dataclass(TrainConfig, dict(train_values), "train").device)
 
+    task = load_task(task_cfg)  # first: a bad task folder fails before any data is prepared
     tokenizer, files = prepare(data)
-    task = load_task(task_cfg)
     classes = task["train"].classes
     print(f"pre-training data: {data.source}, {len(files['train']):,} training tokens; task "
           f"{task_cfg.source}: " + ", ".join(f"{s} {len(d):,}" for s, d in task.items())
