@@ -32,16 +32,6 @@ def ett_slice(tmp_path):
     return path
 
 
-def refused(argv, capsys):
-    """Run ``titans argv``; assert it exits with status 2 and one stderr line; return it."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
-
-
 def test_a_job_from_config_sections():
     job = build_job({})
     assert list(job.models) == list(MIXERS) and job.horizons == [96, 192, 336, 720]
@@ -86,21 +76,24 @@ def test_test_metrics_average_every_row_step_and_channel(ett_slice):
         float(data.windows("test", 4, index)[1].double().pow(2).mean()), rel=1e-6)
 
 
-def test_cli_errors_are_one_line(ett_slice, tmp_path, capsys):
+TRAIN = ["forecast", "train", "--config", "{config}", "--out", "{tmp}/run"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (TRAIN, "lookback 16 + horizon 200 is longer than the validation part of head (76 rows)"),
+    ([*TRAIN, "--set", "data.columns=[OT, x]"], "has no column 'x'"),
+    ([*TRAIN, "--set", "window=3"], "unknown config sections ['window']"),
+    (["forecast", "eval", "--run", "{tmp}/nothing"], "is not a forecast run directory"),
+])
+def test_cli_errors_are_one_line(ett_slice, tmp_path, capsys, argv, expected):
     config = tmp_path / "forecast.yaml"
     config.write_text(f"data:\n  path: {ett_slice}\n  lookback: 16\nhorizons: [200]\n"
                       "models:\n  dlinear: {}\n")
-    err = refused(["forecast", "train", "--config", str(config), "--out", str(tmp_path / "r")],
-                  capsys)
-    assert err.startswith("titans forecast: error: lookback 16 + horizon 200 is longer than")
-    err = refused(["forecast", "train", "--config", str(config), "--set", "data.columns=[OT, x]",
-                   "--out", str(tmp_path / "r")], capsys)
-    assert "has no column 'x'" in err
-    err = refused(["forecast", "train", "--config", str(config), "--set", "window=3",
-                   "--out", str(tmp_path / "r")], capsys)
-    assert "unknown config sections ['window']" in err
-    err = refused(["forecast", "eval", "--run", str(tmp_path / "nothing")], capsys)
-    assert "is not a forecast run directory" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([arg.format(config=config, tmp=tmp_path) for arg in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("titans forecast: error: ") and expected in err
 
 
 @pytest.mark.slow
