@@ -98,11 +98,26 @@ def test_a_patch_token_sees_no_later_patch(mixer):
     assert not torch.allclose(a[:, 5:], b[:, 5:])
 
 
+@pytest.mark.parametrize("mixer", ["memory", "attention", "swa"])
+def test_channel_independence_keeps_each_channels_forecast_to_itself(mixer):
+    torch.manual_seed(0)
+    x = series(2, 32, 3)
+    other = x.clone()
+    other[:, :, 1] += torch.randn(2, 32)  # only channel 1 changes
+    for independent in (True, False):
+        model = Forecaster(ForecastConfig(**TINY, mixer=mixer, channel_independent=independent))
+        with torch.no_grad():
+            a, b = model(x), model(other)
+        kept = torch.equal(a[:, :, [0, 2]], b[:, :, [0, 2]])
+        assert kept == independent
+        assert not torch.allclose(a[:, :, 1], b[:, :, 1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_a_tiny_model_fits_a_small_batch(mixer):
     torch.manual_seed(0)
-    model = Forecaster(ForecastConfig(**TINY, mixer=mixer))
+    model = Forecaster(ForecastConfig(**TINY, mixer=mixer, channel_independent=mixer == "swa"))
     full = series(16, 40, 3, seed=1)
     full = full + 0.3 * torch.randn(full.shape, generator=torch.Generator().manual_seed(2))
     x, y = full[:, :32], full[:, 32:]

@@ -8,7 +8,9 @@ neural memory; it states nothing else. Here (choices in docs/timeseries.md):
 * each input window is normalised per channel (RevIN-style, without the affine part): minus its
   mean, over its std; the forecast is mapped back with the same statistics;
 * the window's ``lookback`` rows are cut into ``lookback / patch_len`` non-overlapping patches; a
-  token is one patch of *all* channels, embedded linearly (channel mixing in the embedding);
+  token is one patch of *all* channels, embedded linearly (channel mixing in the embedding), or
+  with ``channel_independent`` one patch of one channel, every channel a sequence of its own
+  through the same weights (PatchTST's channel independence);
 * ``num_hidden_layers`` Simba-like blocks ``x + mixer(norm(x))``, ``x + MLP(norm(x))`` — the
   library's :class:`~titans.models.blocks.TitansBlock`, whose token mixer is the neural memory
   (``lmm``), full causal attention (``transformer``) or SWA (``swa``) and whose channel-mixing
@@ -59,6 +61,7 @@ class ForecastConfig:
     window_size: int = 4
     moving_average: int = 25  # DLinear: the trend's moving-average width (odd)
     normalize_window: bool = True
+    channel_independent: bool = False  # one sequence per channel, shared weights
     norm_eps: float = 1e-5  # added to a window's variance (a flat window has std 0)
 
     def __post_init__(self) -> None:
@@ -67,7 +70,8 @@ class ForecastConfig:
                      "num_hidden_layers", "num_heads", "chunk_size", "memory_depth",
                      "window_size", "moving_average"):
             check_int(name, getattr(self, name), 1)
-        check_bool("normalize_window", self.normalize_window)
+        for name in ("normalize_window", "channel_independent"):
+            check_bool(name, getattr(self, name))
         check_number("norm_eps", self.norm_eps, "> 0", lambda x: x > 0)
         if self.lookback % self.patch_len:
             raise ValueError(f"patch_len {self.patch_len} must divide lookback {self.lookback}")
@@ -80,6 +84,11 @@ class ForecastConfig:
     @property
     def num_patches(self) -> int:
         return self.lookback // self.patch_len
+
+    @property
+    def token_channels(self) -> int:
+        """Channels in one token (and in one sequence's forecast)."""
+        return 1 if self.channel_independent else self.num_channels
 
     def backbone_config(self) -> TitansConfig:
         """The TitansConfig of the blocks (its vocabulary is unused: inputs are patches)."""
@@ -130,23 +139,33 @@ class DLinear(nn.Module):
 
 
 class PatchMixer(nn.Module):
-    """x [B, L, C] -> [B, H, C]: patch tokens [B, L / patch_len, hidden] through the Titans
-    blocks of the configured mixer, then a linear head on the flattened tokens."""
+    """x [B, L, C] -> [B, H, C]: patch tokens [B, L / patch_len, hidden] (channel independent:
+    [B * C, L / patch_len, hidden]) through the Titans blocks of the configured mixer, then a
+    linear head on the flattened tokens."""
 
     def __init__(self, config: ForecastConfig) -> None:
         super().__init__()
         backbone = config.backbone_config()
         self.patch_len, self.horizon = config.patch_len, config.horizon
-        self.embed = nn.Linear(config.patch_len * config.num_channels, config.hidden_size)
+        self.channel_independent = config.channel_independent
+        self.embed = nn.Linear(config.patch_len * config.token_channels, config.hidden_size)
         self.layers = nn.ModuleList(TitansBlock(backbone)
                                     for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=backbone.rms_norm_eps)
         self.head = nn.Linear(config.num_patches * config.hidden_size,
-                              config.horizon * config.num_channels)
+                              config.horizon * config.token_channels)
+
+    def _sequences(self, x: Tensor) -> Tensor:
+        """x [B, L, C] -> the sequences the blocks run on: itself, or channel independent
+        [B * C, L, 1]."""
+        if not self.channel_independent:
+            return x
+        return x.transpose(1, 2).reshape(-1, x.shape[1], 1)
 
     def encode(self, x: Tensor) -> Tensor:
-        """x [B, L, C] -> final-normed tokens [B, P, hidden]; token p has seen patches <= p
-        only (the mixers are causal)."""
+        """x [B, L, C] -> final-normed tokens [B, P, hidden] ([B * C, P, hidden] channel
+        independent); token p has seen patches <= p only (the mixers are causal)."""
+        x = self._sequences(x)
         b, length, c = x.shape
         tokens = self.embed(x.reshape(b, length // self.patch_len, self.patch_len * c))
         for layer in self.layers:
@@ -155,7 +174,10 @@ class PatchMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, c = x.shape
-        return self.head(self.encode(x).flatten(1)).view(b, self.horizon, c)
+        y = self.head(self.encode(x).flatten(1))  # [B, H * C] or [B * C, H]
+        if self.channel_independent:
+            return y.view(b, c, self.horizon).transpose(1, 2)
+        return y.view(b, self.horizon, c)
 
 
 class Forecaster(nn.Module):
