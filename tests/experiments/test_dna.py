@@ -111,7 +111,8 @@ def write_inputs(tmp_path):
         "models": models, "data": {"source": str(corpus), "tokenizer": "nucleotide"},
         "train": {"seq_len": 32, "batch_size": 4, "max_steps": 4, "warmup_steps": 1,
                   "eval_every": 2, "eval_batches": 1, "save_every": 2, "log_every": 2},
-        "finetune": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 3}}))
+        "finetune": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 3,
+                     "scratch_baseline": True}}))
     return config, bench
 
 
@@ -122,7 +123,7 @@ def test_titans_dna_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     main(["dna", "--config", str(config), "--out", str(out), "--benchmark", str(bench)])
     printed = capsys.readouterr().out
-    assert "majority class" in printed
+    assert "majority class" in printed and "lmm (scratch)" in printed
     report = json.loads((out / "results.json").read_text())
     assert report["task"]["source"] == f"genomic-benchmarks:{bench}"
     assert report["classes"] == ["negative", "positive"]
@@ -134,12 +135,17 @@ def test_titans_dna_end_to_end(tmp_path, monkeypatch, capsys):
         assert result["pretrain"]["steps"] == 4
         assert result["lm_eval"]["context_length"] == 32 and result["lm_eval"]["nll"] > 0
         assert 0 <= result["finetune"]["accuracy"]["test"] <= 1
+        assert 0 <= result["finetune_scratch"]["accuracy"]["test"] <= 1
         assert (out / result["name"] / "finetune.json").exists()
     # A resumed run reads finished stages back instead of running them again.
     main(["dna", "--config", str(config), "--out", str(out), "--benchmark", str(bench),
           "--resume"])
     printed = capsys.readouterr().out
-    assert printed.count("fine-tuning read back") == 2
+    assert printed.count("fine-tuning read back") == 4
     again = json.loads((out / "results.json").read_text())
     assert [r["finetune"] for r in again["results"]] == [lmm["finetune"],
                                                           transformer["finetune"]]
+    # ... but not results made with other settings.
+    code, err = run_cli(["dna", "--config", str(config), "--out", str(out), "--benchmark",
+                         str(bench), "--resume", "--set", "finetune.lr=1e-4"], capsys)
+    assert code == 2 and "fine-tuned with other task or finetune settings" in err

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from titans import runs
-from titans.checks import check_choice, check_int, check_number
+from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.config_files import DataConfig, build_dataclass, check_sections
 from titans.data.dna import encode_bases
 from titans.data.dna_tasks import LabelledSequences, leptospira_coding_task, load_genomic_benchmark
@@ -39,7 +39,7 @@ from titans.distributed import resolve_device
 from titans.evals import evaluate_perplexity
 from titans.experiments.compare import model_configs
 from titans.io import atomic_save_json
-from titans.models import count_parameters
+from titans.models import TitansLM, count_parameters
 from titans.models.classification import POOLINGS, SequenceClassifier
 from titans.runtime import RuntimeConfig
 from titans.train import TrainConfig, lr_multiplier, param_groups, train
@@ -47,6 +47,7 @@ from titans.train import TrainConfig, lr_multiplier, param_groups, train
 DNA_SECTIONS = ("models", "match_parameters", "data", "train", "task", "finetune", "runtime")
 RESULTS_FILE = "results.json"
 FINETUNE_FILE = "finetune.json"
+SCRATCH_FILE = "finetune_scratch.json"
 CODING_TASK = "coding:leptospira"
 BENCHMARK_PREFIX = "genomic-benchmarks:"
 PAD_ID = 0  # the EOS id: right padding, never read (see SequenceClassifier)
@@ -88,7 +89,9 @@ class FinetuneConfig:
     ``batch_size`` sequences (a seeded shuffle, epoch after epoch), warmup + cosine schedule as
     in pre-training, gradient clipping at ``grad_clip``, the classifier's ``pooling``
     (:data:`~titans.models.classification.POOLINGS`). ``max_eval``: score at most this many
-    sequences of each held-out split (a seeded subsample; None: all)."""
+    sequences of each held-out split (a seeded subsample; None: all). ``scratch_baseline``:
+    also fine-tune each model from a fresh initialisation (same config and settings, no
+    pre-training), which shows what pre-training adds."""
 
     steps: int = 300
     batch_size: int = 16
@@ -102,8 +105,10 @@ class FinetuneConfig:
     max_eval: int | None = None
     log_every: int = 25
     seed: int = 0
+    scratch_baseline: bool = False
 
     def __post_init__(self) -> None:
+        check_bool("finetune.scratch_baseline", self.scratch_baseline)
         for name in ("steps", "batch_size", "eval_batch_size", "log_every"):
             check_int(f"finetune.{name}", getattr(self, name), 1)
         for name in ("warmup_steps", "seed"):
@@ -218,6 +223,28 @@ def finetune(classifier: SequenceClassifier, task: dict[str, LabelledSequences],
             "eval_time_s": time.perf_counter() - start}
 
 
+def finetune_stage(path: Path, backbone: TitansLM, task: dict[str, LabelledSequences],
+                   cfg: FinetuneConfig, settings: dict[str, Any], device: torch.device,
+                   name: str, resume: bool) -> dict[str, Any]:
+    """:func:`finetune` a classifier on ``backbone`` and save its result (with the ``settings``
+    it was made with) atomically at ``path``; with ``resume``, a result already at ``path`` is
+    read back instead, if it was made with the same settings (else ``ValueError``)."""
+    if resume and path.exists():
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("settings") != settings:
+            raise ValueError(f"{path} was fine-tuned with other task or finetune settings than "
+                             "these: choose another --out (or delete it to fine-tune again)")
+        print(f"  fine-tuning read back from {path}", flush=True)
+    else:
+        classifier = SequenceClassifier(backbone, len(task["train"].classes), cfg.pooling)
+        result = finetune(classifier, task, cfg, device, name)
+        result.update(classifier_parameters=classifier.num_parameters(), settings=settings)
+        atomic_save_json(result, path)
+    print(f"  {name} accuracy: validation {result['accuracy']['validation']:.4f}, test "
+          f"{result['accuracy']['test']:.4f}", flush=True)
+    return result
+
+
 def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
     """Pre-train, fine-tune and score the models of a DNA config's sections (see the module
     docstring) into ``out``; returns the report also written to ``out/results.json``."""
@@ -265,20 +292,18 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         lm_eval["bits_per_token"] = lm_eval["nll"] / math.log(2)
         print(f"  test regions: nll {lm_eval['nll']:.4f} nats/nt, ppl {lm_eval['ppl']:.3f}, "
               f"{lm_eval['bits_per_token']:.3f} bits/nt", flush=True)
-        finetune_path = run / FINETUNE_FILE
-        if resume and finetune_path.exists():
-            result = json.loads(finetune_path.read_text(encoding="utf-8"))
-            print(f"  fine-tuning read back from {finetune_path}", flush=True)
-        else:
-            classifier = SequenceClassifier(model.train(), len(classes), ft_cfg.pooling)
-            result = finetune(classifier, task, ft_cfg, device, name)
-            result["classifier_parameters"] = classifier.num_parameters()
-            atomic_save_json(result, finetune_path)
-        print(f"  accuracy: validation {result['accuracy']['validation']:.4f}, test "
-              f"{result['accuracy']['test']:.4f}", flush=True)
-        report["results"].append({"name": name, "variant": cfg.variant,
-                                  "parameters": count_parameters(cfg), "pretrain": summary,
-                                  "lm_eval": lm_eval, "finetune": result})
+        settings = {"task": asdict(task_cfg), "finetune": {
+            k: v for k, v in asdict(ft_cfg).items() if k != "scratch_baseline"}}
+        result = finetune_stage(run / FINETUNE_FILE, model.train(), task, ft_cfg, settings,
+                                device, name, resume)
+        entry = {"name": name, "variant": cfg.variant, "parameters": count_parameters(cfg),
+                 "pretrain": summary, "lm_eval": lm_eval, "finetune": result}
+        if ft_cfg.scratch_baseline:
+            torch.manual_seed(ft_cfg.seed)
+            entry["finetune_scratch"] = finetune_stage(
+                run / SCRATCH_FILE, TitansLM(cfg), task, ft_cfg, settings, device,
+                f"{name} (from scratch)", resume)
+        report["results"].append(entry)
         atomic_save_json(report, out / RESULTS_FILE)  # each finished model is kept at once
     report["wall_time_s"] = time.perf_counter() - start
     atomic_save_json(report, out / RESULTS_FILE)
@@ -289,15 +314,20 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
 
 def print_dna_table(report: dict[str, Any]) -> None:
     """Pre-training and classification, one line per model, then the majority baseline."""
-    head = (f"{'model':<14}{'params':>10}{'LM nll/nt':>11}{'ppl/nt':>8}{'pretrain s':>12}"
+    head = (f"{'model':<24}{'params':>10}{'LM nll/nt':>11}{'ppl/nt':>8}{'pretrain s':>12}"
             f"{'finetune s':>12}{'val acc':>9}{'test acc':>10}")
     print("\n" + head + "\n" + "-" * len(head))
     for r in report["results"]:
-        ft = r["finetune"]
-        print(f"{r['name']:<14}{r['parameters']:>10,}{r['lm_eval']['nll']:>11.4f}"
-              f"{r['lm_eval']['ppl']:>8.3f}{r['pretrain']['wall_time']:>12.0f}"
-              f"{ft['train_time_s']:>12.0f}{ft['accuracy']['validation']:>9.4f}"
-              f"{ft['accuracy']['test']:>10.4f}")
+        for key, label, lm in (("finetune", r["name"], True),
+                               ("finetune_scratch", f"{r['name']} (scratch)", False)):
+            if key not in r:
+                continue
+            ft = r[key]
+            lm_cells = (f"{r['lm_eval']['nll']:>11.4f}{r['lm_eval']['ppl']:>8.3f}"
+                        f"{r['pretrain']['wall_time']:>12.0f}" if lm else f"{'-':>11}{'-':>8}"
+                                                                         f"{'-':>12}")
+            print(f"{label:<24}{r['parameters']:>10,}{lm_cells}{ft['train_time_s']:>12.0f}"
+                  f"{ft['accuracy']['validation']:>9.4f}{ft['accuracy']['test']:>10.4f}")
     majority = report["majority_accuracy"]
-    print(f"{'majority class':<14}{'':>53}{majority['validation']:>9.4f}"
+    print(f"{'majority class':<24}{'':>53}{majority['validation']:>9.4f}"
           f"{majority['test']:>10.4f}")
