@@ -25,8 +25,10 @@ from titans.data.dna_tasks import (
     DM3_UPSTREAM,
     LEPTOSPIRA,
     SPLITS,
+    LabelledSequences,
     coding_windows,
     dm3_upstream_corpus,
+    gc_threshold_accuracy,
     load_genomic_benchmark,
     overlap_clusters,
 )
@@ -297,6 +299,20 @@ def test_coding_windows_needs_both_classes():
     record = SequenceRecord("all-coding", "", "ACGT" * 500, (parse_location("1..2000", 2000),))
     with pytest.raises(ValueError, match="no non-coding windows"):
         coding_windows([record], length=50, stride=10, block_len=500)
+
+
+def test_gc_threshold_baseline():
+    """The threshold and its direction come from train; held-out accuracy is then counted."""
+    train = LabelledSequences(["AATT", "ATAT", "GCGA", "GGCC"], np.array([1, 1, 0, 0]), ("a", "b"))
+    held_out = LabelledSequences(["TTTA", "CCGA", "CCCC", "AAAA"], np.array([1, 0, 1, 1]),
+                                 ("a", "b"))
+    assert train.gc_fraction().tolist() == [0, 0, 0.75, 1]
+    # Learnt rule: class 1 iff GC fraction <= 0 (the reverse direction): right on 3 of 4
+    # (CCCC, labelled 1, is called 0).
+    assert gc_threshold_accuracy(train, held_out) == 0.75
+    assert gc_threshold_accuracy(train, train) == 1.0
+    with pytest.raises(ValueError, match="two classes"):
+        gc_threshold_accuracy(LabelledSequences(["A"], np.array([0]), ("a", "b", "c")), train)
 
 
 def test_overlap_clusters():

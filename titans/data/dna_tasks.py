@@ -165,6 +165,26 @@ class LabelledSequences:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return float(counts.max() / counts.sum()) if len(self) else float("nan")
 
+    def gc_fraction(self) -> np.ndarray:
+        """Each sequence's fraction of G and C bases ([n] float64; N counts as a base)."""
+        return np.array([(s.count("G") + s.count("C")) / len(s) for s in self.sequences])
+
+
+def gc_threshold_accuracy(train: LabelledSequences, held_out: LabelledSequences) -> float:
+    """Accuracy on ``held_out`` of the best rule "class 1 iff the GC fraction exceeds t" (or
+    its reverse), with t and the direction chosen on ``train``: what base composition alone
+    gets on a two-class task (the baseline a sequence model must beat to have learnt more)."""
+    if len(train.classes) != 2:
+        raise ValueError(f"the GC-threshold baseline needs two classes, got {len(train.classes)}")
+    gc, labels = train.gc_fraction(), train.labels
+    thresholds = np.unique(np.quantile(gc, np.linspace(0, 1, 201)))
+    above = (gc[None, :] > thresholds[:, None]) == labels[None, :].astype(bool)
+    scores = above.mean(1)  # [thresholds]; the reverse rule scores 1 - this
+    best = int(np.argmax(np.maximum(scores, 1 - scores)))
+    reverse = scores[best] < 0.5
+    predicted = (held_out.gc_fraction() > thresholds[best]) != reverse
+    return float(np.mean(predicted == held_out.labels.astype(bool)))
+
 
 @dataclass(frozen=True)
 class Window:

@@ -33,7 +33,12 @@ from titans import runs
 from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.config_files import DataConfig, build_dataclass, check_sections
 from titans.data.dna import encode_bases
-from titans.data.dna_tasks import LabelledSequences, leptospira_coding_task, load_genomic_benchmark
+from titans.data.dna_tasks import (
+    LabelledSequences,
+    gc_threshold_accuracy,
+    leptospira_coding_task,
+    load_genomic_benchmark,
+)
 from titans.data.pipeline import prepare
 from titans.distributed import resolve_device
 from titans.evals import evaluate_perplexity
@@ -276,6 +281,9 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
         "task_sizes": {s: len(d) for s, d in task.items()}, "classes": list(classes),
         "majority_accuracy": {s: task[s].majority_accuracy() for s in ("validation", "test")},
         "results": []}
+    if len(classes) == 2:
+        report["gc_threshold_accuracy"] = {
+            s: gc_threshold_accuracy(task["train"], task[s]) for s in ("validation", "test")}
     configs = model_configs(values["models"], tokenizer.vocab_size,
                             values.get("match_parameters", True))
     for name, cfg in configs.items():
@@ -313,7 +321,8 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
 
 
 def print_dna_table(report: dict[str, Any]) -> None:
-    """Pre-training and classification, one line per model, then the majority baseline."""
+    """Pre-training and classification, one line per model (and its from-scratch fine-tuning),
+    then the baselines: majority class and (two classes) the GC-content threshold."""
     head = (f"{'model':<24}{'params':>10}{'LM nll/nt':>11}{'ppl/nt':>8}{'pretrain s':>12}"
             f"{'finetune s':>12}{'val acc':>9}{'test acc':>10}")
     print("\n" + head + "\n" + "-" * len(head))
@@ -328,6 +337,8 @@ def print_dna_table(report: dict[str, Any]) -> None:
                                                                          f"{'-':>12}")
             print(f"{label:<24}{r['parameters']:>10,}{lm_cells}{ft['train_time_s']:>12.0f}"
                   f"{ft['accuracy']['validation']:>9.4f}{ft['accuracy']['test']:>10.4f}")
-    majority = report["majority_accuracy"]
-    print(f"{'majority class':<24}{'':>53}{majority['validation']:>9.4f}"
-          f"{majority['test']:>10.4f}")
+    for key, label in (("majority_accuracy", "majority class"),
+                       ("gc_threshold_accuracy", "GC-content threshold")):
+        if key in report:
+            print(f"{label:<24}{'':>53}{report[key]['validation']:>9.4f}"
+                  f"{report[key]['test']:>10.4f}")
