@@ -129,7 +129,13 @@ def test_train_then_eval_round_trip(ett_slice, tmp_path, capsys):
             assert evaluated["results"][name][horizon]["mse"] == pytest.approx(
                 results["results"][name][horizon]["mse"], rel=1e-6)
 
-    # A re-run keeps what is done.
+    # A re-run keeps what is done, also with fewer models; other settings are refused.
     capsys.readouterr()
-    main(["forecast", "train", "--config", str(config), "--out", str(run)])
+    main(["forecast", "train", "--config", str(config), "--out", str(run), "--set",
+          "models={swa: {}}", "--set", "train.log_every=1"])
     assert "[swa-h8] already trained" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["results"] == results["results"]
+    with pytest.raises(SystemExit):
+        main(["forecast", "train", "--config", str(config), "--out", str(run), "--set",
+              "train.lr=0.01"])
+    assert "memory-h4 was trained with other settings" in capsys.readouterr().err

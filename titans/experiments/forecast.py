@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -307,33 +307,37 @@ def _plot(job: ForecastJob, data: ForecastData, out: Path, device: torch.device)
 
 
 def train_forecasts(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """Train every (model, horizon) of the config ``values`` into ``out`` (skipping those
-    ``results.json`` already holds with saved weights), then write the results and the plot.
-    Returns the results."""
+    """Train every (model, horizon) of the config ``values`` into ``out`` (reusing those
+    ``results.json`` already holds with saved weights and the same settings; other settings are
+    an error), then write the results and the plot. Returns the results."""
     job, out = build_job(values), Path(out)
     data = job.data.load()
     device = job.train.torch_device()
     results_path = out / RESULTS_FILE
-    saved = _read_json(results_path)["results"] if results_path.is_file() else {}
+    # Rows of earlier runs into this directory, of other models too, are kept.
+    results: dict[str, dict[str, dict[str, Any]]] = (
+        _read_json(results_path)["results"] if results_path.is_file() else {})
     atomic_save_json(values, out / "config.json")
     _log(f"{data.name}: {data.num_channels} channels {data.columns}, lookback {data.lookback}, "
          f"splits {data.bounds} ({data.scheme})")
-    results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in job.models:
         for horizon in job.horizons:
             tag, folder = run_name(name, horizon), out / run_name(name, horizon)
-            done = saved.get(name, {}).get(str(horizon))
-            if done is not None and (folder / WEIGHTS_FILE).is_file():
-                _log(f"[{tag}] already trained: test mse {done['mse']:.4f}")
-                results.setdefault(name, {})[str(horizon)] = done
-                continue
             config = job.model_config(name, data, horizon)
+            settings = _settings(job, name, config)
+            done = results.get(name, {}).get(str(horizon))
+            if done is not None and (folder / WEIGHTS_FILE).is_file():
+                if done.get("settings") != settings:
+                    raise ValueError(f"{folder} was trained with other settings than this "
+                                     "config's: train into another --out, or delete it")
+                _log(f"[{tag}] already trained: test mse {done['mse']:.4f}")
+                continue
             model, summary = train_model(config, data, job.train, job.lrs[name], tag)
             save_model(model, folder)
             test = evaluate(model, data, "test", job.train.eval_batch_size)
             results.setdefault(name, {})[str(horizon)] = {
                 "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
-                "params": model.num_parameters(), "lr": job.lrs[name], **summary}
+                "params": model.num_parameters(), **summary, "settings": settings}
             _log(f"[{tag}] test mse {test['mse']:.4f} mae {test['mae']:.4f} "
                  f"({summary['train_seconds']:.0f}s, {model.num_parameters()} params)")
             _write_results(results_path, data, results)
@@ -341,6 +345,15 @@ def train_forecasts(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     _plot(job, data, out, device)
     print_table(results)
     return results
+
+
+def _settings(job: ForecastJob, name: str, config: ForecastConfig) -> dict[str, Any]:
+    """What a trained model depends on: its config, the data and the training settings (not
+    the logging, plotting, evaluation batch or device), as JSON values."""
+    train = {k: v for k, v in asdict(job.train).items()
+             if k not in ("log_every", "plot_channel", "eval_batch_size", "device")}
+    return json.loads(json.dumps({"model": config.to_dict(), "data": asdict(job.data),
+                                  "train": {**train, "lr": job.lrs[name]}}))
 
 
 def _write_results(path: Path, data: ForecastData, results: dict[str, Any]) -> None:
