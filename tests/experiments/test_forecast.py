@@ -139,3 +139,10 @@ def test_train_then_eval_round_trip(ett_slice, tmp_path, capsys):
         main(["forecast", "train", "--config", str(config), "--out", str(run), "--set",
               "train.lr=0.01"])
     assert "memory-h4 was trained with other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["forecast", "train", "--config", str(config), "--out", str(run), "--set",
+              "data.lookback=8", "--set", "model.patch_len=2"])
+    assert "results.json holds results on other data" in capsys.readouterr().err
+    # eval covers every model results.json lists, whatever the last config named.
+    main(["forecast", "eval", "--run", str(run)])
+    assert set(json.loads((run / "eval.json").read_text())["results"]) == set(MIXERS)

@@ -284,12 +284,14 @@ def print_table(results: dict[str, dict[str, dict[str, Any]]]) -> None:
         _log(f"{name:>10}  {cells}  mean {mean['mse']:.3f}/{mean['mae']:.3f}")
 
 
-def _plot(job: ForecastJob, data: ForecastData, out: Path, device: torch.device) -> None:
-    """Every saved model of the shortest horizon forecasting the middle test window."""
-    horizon = min(job.horizons)
-    names = [n for n in job.models if (out / run_name(n, horizon) / WEIGHTS_FILE).is_file()]
-    if not names:
-        return
+def _plot(
+    results: dict[str, dict[str, Any]], job: ForecastJob, data: ForecastData, out: Path,
+    device: torch.device,
+) -> None:
+    """Every saved model of ``results`` at the shortest horizon they share forecasting the
+    middle test window."""
+    horizon = min(int(h) for rows in results.values() for h in rows)
+    names = [n for n, rows in results.items() if str(horizon) in rows]
     channel = job.train.plot_channel or data.columns[-1]
     check_choice("train.plot_channel", channel, data.columns)
     c = data.columns.index(channel)
@@ -315,34 +317,45 @@ def train_forecasts(values: dict[str, Any], out: str | Path) -> dict[str, Any]:
     device = job.train.torch_device()
     results_path = out / RESULTS_FILE
     # Rows of earlier runs into this directory, of other models too, are kept.
-    results: dict[str, dict[str, dict[str, Any]]] = (
-        _read_json(results_path)["results"] if results_path.is_file() else {})
-    atomic_save_json(values, out / "config.json")
-    _log(f"{data.name}: {data.num_channels} channels {data.columns}, lookback {data.lookback}, "
-         f"splits {data.bounds} ({data.scheme})")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    if results_path.is_file():
+        saved = _read_json(results_path)
+        if saved["data"] != _data_summary(data):
+            raise ValueError(f"{results_path} holds results on other data ({saved['data']}): "
+                             "train into another --out")
+        results = saved["results"]
+    # Every reused model checked before anything is trained or written.
+    plan = []
     for name in job.models:
         for horizon in job.horizons:
-            tag, folder = run_name(name, horizon), out / run_name(name, horizon)
+            folder = out / run_name(name, horizon)
             config = job.model_config(name, data, horizon)
             settings = _settings(job, name, config)
             done = results.get(name, {}).get(str(horizon))
-            if done is not None and (folder / WEIGHTS_FILE).is_file():
-                if done.get("settings") != settings:
-                    raise ValueError(f"{folder} was trained with other settings than this "
-                                     "config's: train into another --out, or delete it")
-                _log(f"[{tag}] already trained: test mse {done['mse']:.4f}")
-                continue
-            model, summary = train_model(config, data, job.train, job.lrs[name], tag)
-            save_model(model, folder)
-            test = evaluate(model, data, "test", job.train.eval_batch_size)
-            results.setdefault(name, {})[str(horizon)] = {
-                "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
-                "params": model.num_parameters(), **summary, "settings": settings}
-            _log(f"[{tag}] test mse {test['mse']:.4f} mae {test['mae']:.4f} "
-                 f"({summary['train_seconds']:.0f}s, {model.num_parameters()} params)")
-            _write_results(results_path, data, results)
+            reuse = done is not None and (folder / WEIGHTS_FILE).is_file()
+            if reuse and done.get("settings") != settings:
+                raise ValueError(f"{folder} was trained with other settings than this config's: "
+                                 "train into another --out, or delete it")
+            plan.append((name, horizon, config, settings, reuse))
+    atomic_save_json(values, out / "config.json")
+    _log(f"{data.name}: {data.num_channels} channels {data.columns}, lookback {data.lookback}, "
+         f"splits {data.bounds} ({data.scheme})")
+    for name, horizon, config, settings, reuse in plan:
+        tag, folder = run_name(name, horizon), out / run_name(name, horizon)
+        if reuse:
+            _log(f"[{tag}] already trained: test mse {results[name][str(horizon)]['mse']:.4f}")
+            continue
+        model, summary = train_model(config, data, job.train, job.lrs[name], tag)
+        save_model(model, folder)
+        test = evaluate(model, data, "test", job.train.eval_batch_size)
+        results.setdefault(name, {})[str(horizon)] = {
+            "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
+            "params": model.num_parameters(), **summary, "settings": settings}
+        _log(f"[{tag}] test mse {test['mse']:.4f} mae {test['mae']:.4f} "
+             f"({summary['train_seconds']:.0f}s, {model.num_parameters()} params)")
+        _write_results(results_path, data, results)
     _write_results(results_path, data, results)
-    _plot(job, data, out, device)
+    _plot(results, job, data, out, device)
     print_table(results)
     return results
 
@@ -356,39 +369,41 @@ def _settings(job: ForecastJob, name: str, config: ForecastConfig) -> dict[str, 
                                   "train": {**train, "lr": job.lrs[name]}}))
 
 
+def _data_summary(data: ForecastData) -> dict[str, Any]:
+    """The data a results file is about, as JSON values."""
+    return json.loads(json.dumps({"name": data.name, "columns": data.columns,
+                                  "lookback": data.lookback, "scheme": data.scheme,
+                                  "bounds": data.bounds}))
+
+
 def _write_results(path: Path, data: ForecastData, results: dict[str, Any]) -> None:
-    atomic_save_json({"data": {"name": data.name, "columns": data.columns,
-                               "lookback": data.lookback, "scheme": data.scheme,
-                               "bounds": data.bounds},
-                      "results": results, "averages": _averages(results)}, path)
+    atomic_save_json({"data": _data_summary(data), "results": results,
+                      "averages": _averages(results)}, path)
 
 
 def evaluate_forecasts(run: str | Path) -> dict[str, Any]:
-    """Re-evaluate the saved models of the run directory ``run`` on the test split (the data
-    reloaded from its config), write ``eval.json`` and the plot there; returns the results."""
+    """Re-evaluate the saved models of the run directory ``run`` (those its ``results.json``
+    lists) on the test split, the data reloaded from its config; write ``eval.json`` and the
+    plot there; returns the results."""
     run = Path(run)
-    if not (run / "config.json").is_file():
-        raise ValueError(f"{run} is not a forecast run directory (no config.json)")
+    if not (run / "config.json").is_file() or not (run / RESULTS_FILE).is_file():
+        raise ValueError(f"{run} is not a forecast run directory (no config.json and "
+                         f"{RESULTS_FILE}): run `titans forecast train` first")
     values = _read_json(run / "config.json")
     check_sections(values, FORECAST_SECTIONS)
     job = build_job(values)
     data = job.data.load()
     device = job.train.torch_device()
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in job.models:
-        for horizon in job.horizons:
-            folder = run / run_name(name, horizon)
-            if not (folder / WEIGHTS_FILE).is_file():
-                continue
-            model = load_model(folder, device)
+    for name, rows in _read_json(run / RESULTS_FILE)["results"].items():
+        for horizon in rows:
+            model = load_model(run / run_name(name, int(horizon)), device)
             test = evaluate(model, data, "test", job.train.eval_batch_size)
-            results.setdefault(name, {})[str(horizon)] = {
+            results.setdefault(name, {})[horizon] = {
                 "mse": test["mse"], "mae": test["mae"], "test_windows": test["windows"],
                 "params": model.num_parameters()}
-    if not results:
-        raise ValueError(f"{run} holds no trained model: run `titans forecast train` first")
     _write_results(run / "eval.json", data, results)
-    _plot(job, data, run, device)
+    _plot(results, job, data, run, device)
     print_table(results)
     return results
 
