@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from titans.config_files import DataConfig, build_dataclass
+from titans.data.dna_tasks import DNA_PREFIX
 from titans.data.sources import DEFAULT_SOURCE, HF_PREFIX
 from titans.io import atomic_save_json, atomic_write
 from titans.models.config import TitansConfig
@@ -363,9 +364,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def absolute_data_config(data: DataConfig) -> DataConfig:
     """``data`` with its local paths (a document source, a tokenizer file) made absolute: a
-    relative path means another corpus when a run is evaluated from another directory."""
+    relative path means another corpus when a run is evaluated from another directory. Named
+    sources (``default``, ``hf:...``, ``dna:...``) stay as they are."""
     source, tokenizer = data.source, data.tokenizer
-    if source != DEFAULT_SOURCE and not source.startswith(HF_PREFIX):
+    if source != DEFAULT_SOURCE and not source.startswith((HF_PREFIX, DNA_PREFIX)):
         source = str(Path(source).expanduser().resolve())
     if tokenizer.endswith((".json", ".model")):
         tokenizer = str(Path(tokenizer).expanduser().resolve())

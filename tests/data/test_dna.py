@@ -34,6 +34,7 @@ from titans.data.dna_tasks import (
 )
 from titans.data.pipeline import load_corpus
 from titans.io import cache_dir
+from titans.runs import absolute_data_config
 
 # Real sequence: the first 100 bases of the dm3 upstream region of NM_078863 (chr2L:16764737-),
 # soft-masked (lowercase) in the file, and of the Leptospira contig NZ_AHMY02000075.
@@ -98,6 +99,12 @@ def test_tokenizer_json_encodes_alike(tmp_path):
 def test_tokenizer_rejects_other_characters(text, char, position):
     with pytest.raises(ValueError, match=f"invalid nucleotide {char!r} at position {position}"):
         NucleotideTokenizer().encode(text)
+
+
+def test_run_records_a_dna_source_by_name():
+    """A run trained on dna:<name> is evaluated on that corpus from any directory."""
+    data = DataConfig(source="dna:dm3-upstream", tokenizer="nucleotide")
+    assert absolute_data_config(data) == data
 
 
 def test_data_config_uses_the_nucleotide_tokenizer(tmp_path, monkeypatch):
