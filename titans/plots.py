@@ -212,6 +212,7 @@ def plot_forecasts(
     ax.set_xlabel("row (0 = first forecast row)")
     _finish(fig, ax, path, title, legend=True)
 
+
 def _finish(fig: Any, ax: Any, path: str | Path, title: str, legend: bool) -> None:
     """Title (plus grid and legend for line plots), then write the PNG atomically and free it."""
     import matplotlib.pyplot as plt
