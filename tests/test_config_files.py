@@ -30,15 +30,26 @@ def test_yaml_and_toml_give_the_same_values(tmp_path):
 
 
 def test_shipped_configs_parse_and_build(tmp_path):
-    """Every file in configs/ names only known sections and keys and builds a model config."""
+    """Every file in configs/ names only known sections and keys and builds a model config
+    (forecast-* and dna configs: the jobs of their commands)."""
     from pathlib import Path
 
+    from titans.experiments.dna import DNA_SECTIONS, build_dna_job
+    from titans.experiments.forecast import FORECAST_SECTIONS, build_job
     from titans.train import TrainConfig
 
     files = sorted(Path(__file__).resolve().parents[1].glob("configs/*.*"))
     assert len(files) >= 3
     for path in files:
         values = read_config_file(path)
+        if path.stem.startswith("forecast"):
+            check_sections(values, FORECAST_SECTIONS)
+            assert build_job(values).horizons == [96, 192, 336, 720]
+            continue
+        if path.stem.startswith("dna"):
+            check_sections(values, DNA_SECTIONS)
+            assert build_dna_job(values).data.tokenizer == "nucleotide"
+            continue
         check_sections(values, COMPARE_SECTIONS if "models" in values else RUN_SECTIONS)
         if "task" in values:
             build_dataclass(TaskConfig, values["task"], "task")

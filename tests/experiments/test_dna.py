@@ -13,6 +13,7 @@ from titans.experiments.dna import (
     DnaTaskConfig,
     FinetuneConfig,
     accuracy,
+    build_dna_job,
     finetune,
     pad_batch,
 )
@@ -39,6 +40,18 @@ def test_config_errors():
         FinetuneConfig(pooling="max")
     with pytest.raises(ValueError, match=r"finetune\.lr"):
         FinetuneConfig(lr=0)
+
+
+def test_a_job_checks_every_section_before_any_data_is_read():
+    job = build_dna_job({"models": {"lmm": {"variant": "lmm"}}, "finetune": {"steps": 5}})
+    assert job.data.source == "dna:dm3-upstream" and job.finetune.steps == 5
+    assert job.match_parameters is True
+    with pytest.raises(ValueError, match="variant"):
+        build_dna_job({"models": {"lmm": {"variant": "mamba"}}})
+    with pytest.raises(ValueError, match="match_parameters"):
+        build_dna_job({"models": {"lmm": {}}, "match_parameters": "yes"})
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr"):
+        build_dna_job({"models": {"lmm": {}}, "train": {"lr": -1}})
 
 
 def test_pad_batch():

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from titans import runs
 from titans.checks import check_bool, check_choice, check_int, check_number
 from titans.config_files import DataConfig, build_dataclass, check_sections
-from titans.data.dna import encode_bases
+from titans.data.dna import VOCAB, encode_bases
 from titans.data.dna_tasks import (
     LabelledSequences,
     gc_threshold_accuracy,
@@ -250,23 +250,54 @@ def finetune_stage(path: Path, backbone: TitansLM, task: dict[str, LabelledSeque
     return result
 
 
+@dataclass
+class DnaJob:
+    """A DNA config's sections, validated: the pre-training ``data``, the ``task``, the
+    ``finetune`` settings, the ``runtime``, the ``train`` values (a :class:`TrainConfig` without
+    its ``out_dir``, which each model's run directory sets), the ``models`` sections and
+    whether their parameter counts are matched."""
+
+    data: DataConfig
+    task: DnaTaskConfig
+    finetune: FinetuneConfig
+    runtime: RuntimeConfig
+    train: dict[str, Any]
+    models: dict[str, Any]
+    match_parameters: bool
+
+
+def build_dna_job(values: dict[str, Any]) -> DnaJob:
+    """The sections of a DNA config (see the module docstring) as a :class:`DnaJob`; every
+    section, each model's included (with a placeholder vocabulary), is checked now, before any
+    data is fetched or prepared."""
+    check_sections(values, DNA_SECTIONS)
+    if not isinstance(values.get("models"), dict) or not values["models"]:
+        raise ValueError("titans dna needs a 'models' section: name -> model settings")
+    match = values.get("match_parameters", True)
+    check_bool("match_parameters", match)
+    train_values = dict(values.get("train") or {})
+    build_dataclass(TrainConfig, dict(train_values), "train")
+    model_configs(values["models"], len(VOCAB), match)
+    return DnaJob(
+        data=build_dataclass(DataConfig, values.get("data") or {
+            "source": "dna:dm3-upstream", "tokenizer": "nucleotide"}, "data"),
+        task=build_dataclass(DnaTaskConfig, values.get("task"), "task"),
+        finetune=build_dataclass(FinetuneConfig, values.get("finetune"), "finetune"),
+        runtime=build_dataclass(RuntimeConfig, values.get("runtime"), "runtime"),
+        train=train_values, models=values["models"], match_parameters=match)
+
+
 def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str, Any]:
     """Pre-train, fine-tune and score the models of a DNA config's sections (see the module
     docstring) into ``out``; returns the report also written to ``out/results.json``."""
     start = time.perf_counter()
-    check_sections(values, DNA_SECTIONS)
-    if not isinstance(values.get("models"), dict) or not values["models"]:
-        raise ValueError("titans dna needs a 'models' section: name -> model settings")
+    job = build_dna_job(values)
     out = Path(out)
     if (out / RESULTS_FILE).exists() and not resume:
         raise FileExistsError(f"{out} already holds {RESULTS_FILE}: pass --resume to reuse "
                               "its finished stages, or choose another --out")
-    data = build_dataclass(DataConfig, values.get("data") or {
-        "source": "dna:dm3-upstream", "tokenizer": "nucleotide"}, "data")
-    task_cfg = build_dataclass(DnaTaskConfig, values.get("task"), "task")
-    ft_cfg = build_dataclass(FinetuneConfig, values.get("finetune"), "finetune")
-    runtime = build_dataclass(RuntimeConfig, values.get("runtime"), "runtime")
-    train_values = values.get("train") or {}
+    data, task_cfg, ft_cfg, runtime = job.data, job.task, job.finetune, job.runtime
+    train_values = job.train
     device = resolve_device(build_dataclass(TrainConfig, dict(train_values), "train").device)
 
     task = load_task(task_cfg)  # first: a bad task folder fails before any data is prepared
@@ -284,8 +315,7 @@ def run_dna(values: dict[str, Any], out: Path, resume: bool = False) -> dict[str
     if len(classes) == 2:
         report["gc_threshold_accuracy"] = {
             s: gc_threshold_accuracy(task["train"], task[s]) for s in ("validation", "test")}
-    configs = model_configs(values["models"], tokenizer.vocab_size,
-                            values.get("match_parameters", True))
+    configs = model_configs(job.models, tokenizer.vocab_size, job.match_parameters)
     for name, cfg in configs.items():
         run = out / name
         train_cfg = build_dataclass(TrainConfig, {**train_values, "out_dir": str(run)}, "train")
