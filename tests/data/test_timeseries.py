@@ -5,7 +5,6 @@ real ETTh1 file), train-only standardisation, windows without look-ahead, the vi
 import csv
 import hashlib
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,18 +20,6 @@ from titans.data.timeseries import (
     split_bounds,
 )
 
-# The ETT files the issue provides next to the repository (never committed; CC BY-ND 4.0).
-ETT = Path(__file__).resolve().parents[3] / "shared" / "data" / "ett"
-ETTH1 = ETT / "ETTh1.csv"
-needs_ett = pytest.mark.skipif(not ETTH1.is_file(), reason=f"{ETTH1} is not present")
-
-
-def ett_rows(count):
-    """The header and the first ``count`` rows of the real ETTh1 file."""
-    with open(ETTH1, newline="") as f:
-        reader = csv.reader(f)
-        return [next(reader) for _ in range(count + 1)]
-
 
 def write_csv(path, rows):
     with open(path, "w", newline="") as f:
@@ -40,22 +27,13 @@ def write_csv(path, rows):
     return path
 
 
-@pytest.fixture
-def ett_slice(tmp_path):
-    """A 1000-row real slice of ETTh1, under a name that takes the 70/10/20 split."""
-    if not ETTH1.is_file():
-        pytest.skip(f"{ETTH1} is not present")
-    return write_csv(tmp_path / "slice.csv", ett_rows(1000))
-
-
-@needs_ett
-def test_ett_hour_split_boundaries_on_the_real_etth1():
-    data = load_forecast_data(ETTH1, lookback=96)
+def test_ett_hour_split_boundaries_on_the_real_etth1(etth1):
+    data = load_forecast_data(etth1, lookback=96)
     assert data.scheme == "ett_hour" and data.columns == ["HUFL", "HULL", "MUFL", "MULL", "LUFL",
                                                           "LULL", "OT"]
     assert data.bounds == {"train": (0, 8640), "validation": (8544, 11520),
                            "test": (11424, 14400)}
-    raw = read_series(ETTH1).values.astype(np.float64)
+    raw = read_series(etth1).values.astype(np.float64)
     assert raw.shape == (17420, 7)  # rows 14400.. are in no split, as in the literature
     mean, std = raw[:8640].mean(0), raw[:8640].std(0)
     for name, (start, end) in data.bounds.items():
@@ -79,7 +57,7 @@ def test_schemes_by_file_name_and_the_ett_minute_rows():
         "train": (0, 700), "validation": (676, 800), "test": (776, 1000)}
 
 
-def test_ratio_split_standardises_with_the_training_rows_only(ett_slice, tmp_path):
+def test_ratio_split_standardises_with_the_training_rows_only(ett_slice, tmp_path, ett_rows):
     data = load_forecast_data(ett_slice, lookback=24)
     assert data.scheme == "ratio" and data.bounds["train"] == (0, 700)
     raw = read_series(ett_slice).values.astype(np.float64)
@@ -95,7 +73,7 @@ def test_ratio_split_standardises_with_the_training_rows_only(ett_slice, tmp_pat
     assert not torch.equal(changed.parts["test"], data.parts["test"])
 
 
-def test_windows_never_put_a_target_row_into_an_input(ett_slice, tmp_path):
+def test_windows_never_put_a_target_row_into_an_input(ett_slice, tmp_path, ett_rows):
     """A channel holding the row number shows which rows each window reads."""
     rows = ett_rows(1000)
     rows = [[*rows[0], "row"]] + [[*r, str(i)] for i, r in enumerate(rows[1:])]
@@ -125,7 +103,7 @@ def test_windows_never_put_a_target_row_into_an_input(ett_slice, tmp_path):
     (lambda rows: rows[4].__setitem__(2, "1,5"), "column 'HULL' row 5: '1,5' is not a number"),
     (lambda rows: rows[3].pop(), "row 4 has 7 fields, the header 8"),
 ])
-def test_bad_cells_name_the_column_and_row(ett_slice, tmp_path, edit, message):
+def test_bad_cells_name_the_column_and_row(ett_slice, tmp_path, edit, message, ett_rows):
     rows = ett_rows(50)
     edit(rows)
     with pytest.raises(ValueError, match=message) as info:
@@ -133,7 +111,7 @@ def test_bad_cells_name_the_column_and_row(ett_slice, tmp_path, edit, message):
     assert "\n" not in str(info.value)
 
 
-def test_column_and_size_errors(ett_slice, tmp_path):
+def test_column_and_size_errors(ett_slice, tmp_path, ett_rows):
     with pytest.raises(ValueError, match="has no column 'load'; its columns are"):
         read_series(ett_slice, columns=["OT", "load"])
     with pytest.raises(ValueError, match="has no column 'time'"):

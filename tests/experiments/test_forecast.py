@@ -3,7 +3,6 @@ one-line CLI errors, and a tiny train + eval round trip on a real ETTh1 slice (s
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,20 +14,13 @@ from titans.models.forecasting import MIXERS, ForecastConfig, Forecaster
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ETTH1 = Path(__file__).resolve().parents[3] / "shared" / "data" / "ett" / "ETTh1.csv"
-
 
 @pytest.fixture
-def ett_slice(tmp_path):
+def ett_head(tmp_path, ett_rows):
     """The first 600 rows of the real ETTh1 file (70/10/20 split under this name)."""
-    if not ETTH1.is_file():
-        pytest.skip(f"{ETTH1} is not present")
-    with open(ETTH1, newline="") as f:
-        reader = csv.reader(f)
-        rows = [next(reader) for _ in range(601)]
     path = tmp_path / "head.csv"  # not ETTh*: the 70/10/20 split
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+        csv.writer(f).writerows(ett_rows(600))
     return path
 
 
@@ -57,8 +49,8 @@ def test_bad_sections_are_refused(values, message):
         build_job(values)
 
 
-def test_test_metrics_average_every_row_step_and_channel(ett_slice):
-    data = load_forecast_data(ett_slice, lookback=16)
+def test_test_metrics_average_every_row_step_and_channel(ett_head):
+    data = load_forecast_data(ett_head, lookback=16)
     model = Forecaster(ForecastConfig(mixer="dlinear", num_channels=7, lookback=16, horizon=4,
                                       moving_average=3, normalize_window=False))
     for p in model.parameters():
@@ -85,9 +77,9 @@ TRAIN = ["forecast", "train", "--config", "{config}", "--out", "{tmp}/run"]
     ([*TRAIN, "--set", "window=3"], "unknown config sections ['window']"),
     (["forecast", "eval", "--run", "{tmp}/nothing"], "is not a forecast run directory"),
 ])
-def test_cli_errors_are_one_line(ett_slice, tmp_path, capsys, argv, expected):
+def test_cli_errors_are_one_line(ett_head, tmp_path, capsys, argv, expected):
     config = tmp_path / "forecast.yaml"
-    config.write_text(f"data:\n  path: {ett_slice}\n  lookback: 16\nhorizons: [200]\n"
+    config.write_text(f"data:\n  path: {ett_head}\n  lookback: 16\nhorizons: [200]\n"
                       "models:\n  dlinear: {}\n")
     with pytest.raises(SystemExit) as exit_info:
         main([arg.format(config=config, tmp=tmp_path) for arg in argv])
@@ -97,10 +89,10 @@ def test_cli_errors_are_one_line(ett_slice, tmp_path, capsys, argv, expected):
 
 
 @pytest.mark.slow
-def test_train_then_eval_round_trip(ett_slice, tmp_path, capsys):
+def test_train_then_eval_round_trip(ett_head, tmp_path, capsys):
     config = tmp_path / "forecast.yaml"
     config.write_text(
-        f"data:\n  path: {ett_slice}\n  lookback: 16\n"
+        f"data:\n  path: {ett_head}\n  lookback: 16\n"
         "model:\n  patch_len: 4\n  hidden_size: 16\n  num_hidden_layers: 1\n  num_heads: 2\n"
         "  chunk_size: 2\n  window_size: 2\n  moving_average: 5\n"
         "models:\n  memory: {}\n  attention: {}\n  swa: {}\n  dlinear: {}\n"
