@@ -1,5 +1,6 @@
 """SequenceClassifier: padding never reaches a real token (causal backbone, pooling over the real
-tokens only), each pooling reads what it says, bad arguments fail, and a tiny one memorises."""
+tokens only), each pooling reads what it says, bad arguments fail, and a tiny one memorises; a tiny
+nucleotide LM learns its sequences (slow)."""
 
 import pytest
 import torch
@@ -87,3 +88,26 @@ def test_tiny_classifier_memorises_labels(variant):
         optimizer.zero_grad()
     with torch.no_grad():
         assert (model.eval()(ids, lengths).argmax(-1) == labels).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["lmm", "transformer"])
+def test_tiny_nucleotide_lm_memorises_a_sequence(variant):
+    """A tiny nucleotide LM learns 4 random 24-base sequences (tokenised by the DNA tokenizer)
+    far below the 2 bits per base of a uniform guess (the first bases of each stay partly
+    ambiguous): the pre-training objective works."""
+    from titans.data.dna import NucleotideTokenizer
+
+    rng = torch.Generator().manual_seed(5)
+    bases = ["".join("ACGT"[int(i)] for i in torch.randint(0, 4, (24,), generator=rng))
+             for _ in range(4)]
+    ids = torch.tensor(NucleotideTokenizer().encode_batch(bases))
+    torch.manual_seed(0)
+    model = TitansLM(TitansConfig(variant=variant, **TINY))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert model(ids, labels=ids).loss.item() < 0.4  # nats/base; uniform over ACGT: 1.39
